@@ -1,0 +1,43 @@
+"""What the passes know about a plan, kept on the graph as `graph.graph['plan_info']`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from compiler.ir import Expr, Shape, VarRef
+
+
+@dataclass
+class VarInfo:
+    """A declared tensor after the shape pass."""
+
+    ref: VarRef
+    node: str
+    shape: Shape
+    default: Expr | None = None            # typed default (init) expression, constant in decision vars
+    lower: Expr | None = None              # typed box bounds (`in [lo, hi]`)
+    upper: Expr | None = None
+    positive: bool = False
+    psd: bool = False
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class PlanInfo:
+    """Results of the checking passes, consumed by lowering."""
+
+    horizon: int = 0
+    consts: dict[str, torch.Tensor] = field(default_factory=dict)
+    variables: dict[str, VarInfo] = field(default_factory=dict)     # by name, in declaration order
+    solver: str = ""
+    options: dict[str, object] = field(default_factory=dict)
+
+    def of_kind(self, kind) -> list[VarInfo]:
+        return [v for v in self.variables.values() if v.ref.kind is kind]

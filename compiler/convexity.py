@@ -1,0 +1,51 @@
+"""Numerical convexity of quadratic costs at the plan's default values.
+
+A quadratic stage cost 1/2 z'Cz + c'z + k is convex iff C is positive semidefinite; the check
+evaluates C exactly (via `QuadForm`) and, when it fails, blames the first additive term of the
+cost whose own Hessian is indefinite, so the error can point at it.
+"""
+from __future__ import annotations
+
+import torch
+
+from compiler import quadform as qf
+from compiler.evaluate import evaluate
+from compiler.ir import Expr, Op
+
+
+def min_eigenvalue(expr: Expr, env, nz: int, like: torch.Tensor, block: slice) -> float:
+    """Smallest eigenvalue of the Hessian of a scalar quadratic `expr` restricted to z[block]."""
+    _, _, H = qf.coefficients(evaluate(expr, env, like), nz)
+    H = H[0, block, block]
+    return float(torch.linalg.eigvalsh(2 * H).min()) if H.numel() else 0.0
+
+
+def additive_terms(expr: Expr) -> list[Expr]:
+    """Split `a + b - c` into its terms (a subtracted term is reported as written)."""
+    if expr.op in (Op.ADD, Op.SUB):
+        return additive_terms(expr.args[0]) + additive_terms(expr.args[1])
+    return [expr]
+
+
+def nonconvex_term(expr: Expr, env, nz: int, like: torch.Tensor, block: slice, tol: float = 1e-9) -> tuple[Expr, float] | None:
+    """(culprit, eigenvalue) if the cost's Hessian is not PSD, else None."""
+    worst = min_eigenvalue(expr, env, nz, like, block)
+    scale = 1.0 + abs(worst)
+    if worst >= -tol * scale:
+        return None
+    sign_flipped = _subtracted(expr)
+    for term in additive_terms(expr):
+        sub = Expr(Op.NEG, (term,), term.shape, term.span) if id(term) in sign_flipped else term
+        if min_eigenvalue(sub, env, nz, like, block) < -tol * scale:
+            return term, worst
+    return expr, worst
+
+
+def _subtracted(expr: Expr, negate: bool = False, out: set | None = None) -> set[int]:
+    out = set() if out is None else out
+    if expr.op in (Op.ADD, Op.SUB):
+        _subtracted(expr.args[0], negate, out)
+        _subtracted(expr.args[1], negate ^ (expr.op is Op.SUB), out)
+    elif negate:
+        out.add(id(expr))
+    return out

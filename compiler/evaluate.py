@@ -1,0 +1,78 @@
+"""Lowering rules keyed by `Op`: evaluate typed expressions on batched values.
+
+Values are plain tensors `(B, *shape)` (B may be 1 and broadcasts) or `QuadForm`s when decision
+variables are bound to symbolic quadratic forms; the same rules serve both the polynomial
+lowering (LQR/QP data extraction) and plain numerical evaluation (iLQR, sampling planners).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from compiler import quadform as qf
+from compiler.ir import Expr, Op, VarRef
+
+Env = Mapping[VarRef, qf.Value]
+
+
+class MissingRule(Exception):
+    """No lowering rule for an op: an internal error that names the op."""
+
+
+def _const(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
+    return expr.attr.to(dtype=like.dtype, device=like.device).unsqueeze(0)
+
+
+def _var(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
+    return env[expr.attr]
+
+
+def _pow(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
+    base, exponent = args
+    if isinstance(base, qf.QuadForm):
+        k = int(expr.args[1].attr.item())                   # classification guarantees a small integer
+        result: qf.Value = torch.ones_like(base.c)
+        for _ in range(k):
+            result = qf.mul(result, base)
+        return result
+    r = max(qf.rank(base), qf.rank(exponent))
+    return torch.pow(qf.pad_rank(base, r), qf.pad_rank(exponent, r))
+
+
+def _div(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
+    a, b = args
+    if isinstance(b, qf.QuadForm):
+        raise ValueError("division by a decision variable in a polynomial lowering")
+    return qf.mul(a, 1.0 / b)
+
+
+def _call(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
+    if expr.attr.evaluate is None:
+        raise MissingRule(f"builtin '{expr.attr.name}' has no evaluation rule (it should have been folded)")
+    return expr.attr.evaluate(*args)
+
+
+RULES: dict[Op, Callable] = {
+    Op.CONST: _const,
+    Op.VAR: _var,
+    Op.ADD: lambda e, a, env, like: qf.add(*a),
+    Op.SUB: lambda e, a, env, like: qf.sub(*a),
+    Op.MUL: lambda e, a, env, like: qf.mul(*a),
+    Op.DIV: _div,
+    Op.POW: _pow,
+    Op.MATMUL: lambda e, a, env, like: qf.matmul(*a),
+    Op.NEG: lambda e, a, env, like: qf.neg(a[0]),
+    Op.INDEX: lambda e, a, env, like: qf.index(a[0], e.attr),
+    Op.STACK: lambda e, a, env, like: qf.stack(list(a)),
+    Op.CALL: _call,
+}
+
+
+def evaluate(expr: Expr, env: Env, like: torch.Tensor) -> qf.Value:
+    """Evaluate `expr` with variables bound by `env`; constants follow `like`'s dtype and device."""
+    rule = RULES.get(expr.op)
+    if rule is None:
+        raise MissingRule(f"no lowering rule for op {expr.op.name}")
+    args = [evaluate(a, env, like) for a in expr.args] if expr.op is not Op.CONST else []
+    return rule(expr, args, env, like)

@@ -1,0 +1,57 @@
+"""Where each state and control sits in the stage vector z = [x; u] (declaration order)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compiler import quadform as qf
+from compiler.context import PlanInfo, VarInfo
+from compiler.ir import VarRef
+from planlang.ast import VarKind
+
+
+@dataclass(frozen=True)
+class Layout:
+    states: tuple[VarInfo, ...]
+    controls: tuple[VarInfo, ...]
+
+    @staticmethod
+    def of(info: PlanInfo) -> "Layout":
+        return Layout(tuple(info.of_kind(VarKind.STATE)), tuple(info.of_kind(VarKind.CONTROL)))
+
+    @property
+    def n(self) -> int:
+        return sum(v.size for v in self.states)
+
+    @property
+    def m(self) -> int:
+        return sum(v.size for v in self.controls)
+
+    def offsets(self) -> dict[VarRef, slice]:
+        """Slices of z (states first, then controls)."""
+        out, start = {}, 0
+        for var in self.states + self.controls:
+            out[var.ref] = slice(start, start + var.size)
+            start += var.size
+        return out
+
+    def symbolic(self, like: torch.Tensor) -> dict[VarRef, qf.QuadForm]:
+        """Every state and control as an exact linear form in z."""
+        nz = self.n + self.m
+        return {ref: qf.QuadForm.variable(s.start, s.stop - s.start, nz, like, scalar=self._scalar(ref))
+                for ref, s in self.offsets().items()}
+
+    def numeric(self, x: torch.Tensor, u: torch.Tensor | None) -> dict[VarRef, torch.Tensor]:
+        """Split stacked x (B, n) and u (B, m) into named values (B, *shape)."""
+        z = x if u is None else torch.cat([x, u], dim=-1)
+        out = {}
+        for ref, s in self.offsets().items():
+            if s.start >= z.shape[-1]:
+                continue
+            piece = z[..., s]
+            out[ref] = piece[..., 0] if self._scalar(ref) else piece
+        return out
+
+    def _scalar(self, ref: VarRef) -> bool:
+        return next(v for v in self.states + self.controls if v.ref == ref).shape == ()

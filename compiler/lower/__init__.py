@@ -1,0 +1,1 @@
+"""Lowering: from the checked graph to a torch module that solves the plan."""

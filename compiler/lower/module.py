@@ -1,0 +1,165 @@
+"""`PlanModule`: a compiled plan as a `torch.nn.Module`.
+
+Learnables are `nn.Parameter`s in an unconstrained parametrization: `positive` values are
+softplus(raw) > 0 and `psd` matrices are L L' with L = tril(raw), so any optimizer step keeps
+them valid. Params and defaults are buffers. `module(**values)` binds states' initial values,
+inputs and params by name (a leading batch dimension is allowed), and returns a `Solution`.
+"""
+from __future__ import annotations
+
+
+import networkx as nx
+import torch
+from torch import nn
+
+from compiler.context import PlanInfo, VarInfo
+from compiler.defaults import default_value
+from compiler.ir import VarRef
+from compiler.layout import Layout
+from compiler.lower.backends import BACKENDS
+from compiler.solution import Solution
+from planlang.ast import VarKind
+from planlang.errors import did_you_mean
+
+_BINDABLE = (VarKind.STATE, VarKind.INPUT, VarKind.PARAM)
+
+
+def inverse_softplus(v: torch.Tensor) -> torch.Tensor:
+    """softplus^{-1}(v) = v + log(1 - exp(-v)) for v > 0."""
+    return v + torch.log(-torch.expm1(-v))
+
+
+class PlanModule(nn.Module):
+    def __init__(self, graph: nx.DiGraph, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.graph = graph
+        self.info: PlanInfo = graph.graph["plan_info"]
+        self.layout = Layout.of(self.info)
+        self.plan_name = graph.graph.get("name") or "plan"
+        self.learnables = nn.ParameterDict()
+        self._defaults: dict[str, str] = {}
+        for var in self.info.variables.values():
+            value = default_value(var)
+            if var.ref.kind is VarKind.LEARN:
+                self.learnables[var.ref.name] = nn.Parameter(self._raw(var, value).to(dtype))
+            elif value is not None and var.ref.kind is not VarKind.CONTROL:
+                buffer = f"default_{var.ref.kind.value}_{var.ref.name}"
+                self.register_buffer(buffer, value.to(dtype))
+                self._defaults[var.ref.name] = buffer
+        self.backend = BACKENDS[self.info.solver](graph, self.info, self.layout)
+
+    @property
+    def horizon(self) -> int:
+        return self.info.horizon
+
+    @property
+    def solver(self) -> str:
+        return self.info.solver
+
+    @staticmethod
+    def _raw(var: VarInfo, value: torch.Tensor) -> torch.Tensor:
+        if var.positive:
+            return inverse_softplus(value)
+        if var.psd:
+            return torch.linalg.cholesky(0.5 * (value + value.T))
+        return value
+
+    def learned(self, name: str) -> torch.Tensor:
+        """The constrained value of learnable `name` (softplus / L L' applied)."""
+        var = self.info.variables[name]
+        raw = self.learnables[name]
+        if var.positive:
+            return nn.functional.softplus(raw)
+        if var.psd:
+            L = torch.tril(raw)
+            return L @ L.transpose(-1, -2)
+        return raw
+
+    def learned_values(self) -> dict[str, torch.Tensor]:
+        return {name: self.learned(name) for name in self.learnables}
+
+    def inputs(self) -> dict[str, VarInfo]:
+        """What `forward` accepts: initial states, inputs and params, by name."""
+        return {name: v for name, v in self.info.variables.items() if v.ref.kind in _BINDABLE}
+
+    def default(self, name: str) -> torch.Tensor | None:
+        buffer = self._defaults.get(name)
+        return None if buffer is None else getattr(self, buffer)
+
+    # ------------------------------------------------------------------ binding
+    def bind(self, values: dict) -> tuple[dict[VarRef, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(env, x0, like): every non-decision value batch-first, x0 (B, n), and a dtype/device witness."""
+        accepted = self.inputs()
+        for name in values:
+            if name not in accepted:
+                hint = did_you_mean(name, accepted)
+                raise TypeError(f"{self.plan_name}: unexpected input '{name}'" + (f"; {hint}" if hint else "")
+                                + f" (accepted: {', '.join(accepted)})")
+        like = self._witness(values)
+        env: dict[VarRef, torch.Tensor] = {}
+        states = []
+        for name, var in self.info.variables.items():
+            if var.ref.kind is VarKind.CONTROL:
+                continue
+            if var.ref.kind is VarKind.LEARN:
+                value = self.learned(name).to(dtype=like.dtype, device=like.device).unsqueeze(0)
+            else:
+                value = self._batched(var, values.get(name), like)
+            if var.ref.kind is VarKind.STATE:
+                states.append(value.reshape(value.shape[0], -1))
+            else:
+                env[var.ref] = value
+        batch = {v.shape[0] for v in list(env.values()) + states} - {1}
+        if len(batch) > 1:
+            raise ValueError(f"{self.plan_name}: inconsistent batch sizes {sorted(batch)}")
+        size = batch.pop() if batch else 1
+        x0 = torch.cat([s.expand(size, -1) for s in states], dim=1)
+        return env, x0, like
+
+    def _witness(self, values: dict) -> torch.Tensor:
+        for value in values.values():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                return torch.zeros((), dtype=value.dtype, device=value.device)
+        ref = next(iter(self.parameters()), None)
+        ref = next(iter(self.buffers()), None) if ref is None else ref
+        return torch.zeros((), dtype=ref.dtype if ref is not None else torch.float32,
+                           device=ref.device if ref is not None else "cpu")
+
+    def _batched(self, var: VarInfo, value, like: torch.Tensor) -> torch.Tensor:
+        name = var.ref.name
+        if value is None:
+            value = self.default(name)
+            if value is None:
+                raise TypeError(f"{self.plan_name}: {var.ref.kind.value} '{name}' has no default; pass {name}=...")
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        shape = var.shape
+        if tuple(value.shape) == shape:
+            return value.unsqueeze(0)
+        if value.dim() == len(shape) + 1 and tuple(value.shape[1:]) == shape:
+            return value
+        want = f"({', '.join(map(str, shape))})" if shape else "a scalar"
+        raise ValueError(f"{self.plan_name}: '{name}' has shape {tuple(value.shape)}; expected {want} "
+                         f"or (B, {', '.join(map(str, shape))})".replace("(B, )", "(B,)"))
+
+    # ------------------------------------------------------------------ solving
+    def forward(self, **values) -> Solution:
+        env, x0, like = self.bind(values)
+        sol = self.backend(env, x0, like)
+        sol.layout = self._solution_layout()
+        return sol
+
+    def _solution_layout(self) -> dict:
+        out, offsets = {}, self.layout.offsets()
+        n = self.layout.n
+        for var in self.layout.states + self.layout.controls:
+            s = offsets[var.ref]
+            which = "x" if var.ref.kind is VarKind.STATE else "u"
+            part = s if which == "x" else slice(s.start - n, s.stop - n)
+            out[var.ref.name] = (which, part, var.shape)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"plan={self.plan_name}, solver={self.solver}, horizon={self.horizon}, "
+                f"n={self.layout.n}, m={self.layout.m}")
+
+

@@ -1,0 +1,115 @@
+"""Extract the LQR/QP data of a polynomial plan as differentiable torch tensors.
+
+With states and controls bound to exact linear forms in z = [x; u] (see `compiler.quadform`),
+each cost evaluates to k + c'z + 1/2 z'Cz, each dynamics row to f + F z, and each affine
+constraint to g + G z (<= 0 or == 0). Costs, dynamics and constraints are the same at every
+stage, so the data is time-invariant and expanded over the horizon by the caller.
+
+State-only constraints hold at x_1..x_T (x_0 is given): they are imposed on x_{t+1} = F z_t + f,
+i.e. as the stage constraint (G_x F) z_t <= -(g + G_x f); constraints involving a control hold
+at t = 0..T-1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+
+from compiler import quadform as qf
+from compiler.evaluate import Env, evaluate
+from compiler.layout import Layout
+from planlang.ast import Cmp, VarKind, When
+from planlang.graph import NodeKind
+
+
+@dataclass
+class QuadraticData:
+    """Time-invariant stage data in the runtime convention (batch B may be 1 and broadcasts)."""
+
+    C: torch.Tensor            # (B, nz, nz)
+    c: torch.Tensor            # (B, nz)
+    stage_const: torch.Tensor  # (B,)
+    CT: torch.Tensor           # (B, n, n)
+    cT: torch.Tensor           # (B, n)
+    final_const: torch.Tensor  # (B,)
+    F: torch.Tensor            # (B, n, nz)
+    f: torch.Tensor            # (B, n)
+    G: torch.Tensor            # (B, p, nz)   G z <= h
+    h: torch.Tensor            # (B, p)
+    E: torch.Tensor            # (B, q, nz)   E z == e
+    e: torch.Tensor            # (B, q)
+
+
+def extract(graph: nx.DiGraph, layout: Layout, env: Env, like: torch.Tensor) -> QuadraticData:
+    """Evaluate every dynamics, cost and constraint of the plan on symbolic states and controls."""
+    n, nz = layout.n, layout.n + layout.m
+    env = {**env, **layout.symbolic(like)}
+    nodes = sorted(graph.nodes(data=True), key=lambda item: item[0])
+
+    stage = _sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.STAGE], env, like)
+    final = _sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.FINAL], env, like)
+    k0, L0, H0 = qf.coefficients(stage, nz)
+    kT, LT, HT = qf.coefficients(final, nz)
+
+    dynamics = {d["defines"]: d["ir"] for _, d in nodes if d["kind"] is NodeKind.DYNAMICS}
+    F_rows, f_rows = [], []
+    for var in layout.states:
+        f_i, L_i = _affine_rows(evaluate(dynamics[var.ref.name], env, like), nz, var.size)
+        F_rows.append(L_i)
+        f_rows.append(f_i)
+    F, f = _cat_batched(F_rows, 1), _cat_batched(f_rows, 1)
+
+    ineq, eq = [], []
+    for _, data in nodes:
+        if data["kind"] is NodeKind.CONSTRAINT:
+            rows = _affine_rows(evaluate(data["ir"], env, like), nz)
+            controls = any(r.kind is VarKind.CONTROL for r in data["ir"].variables())
+            (eq if data["sense"] is Cmp.EQ else ineq).append((rows, controls))
+    for var in layout.states + layout.controls:
+        if var.lower is not None:
+            value = env[var.ref] if var.shape else qf.unsqueeze(env[var.ref], 0)
+            lo, hi = (qf.pad_rank(evaluate(b, env, like), 1).expand(-1, var.size) for b in (var.lower, var.upper))
+            for rows in (_affine_rows(qf.sub(lo, value), nz), _affine_rows(qf.sub(value, hi), nz)):
+                ineq.append((rows, var.ref.kind is VarKind.CONTROL))
+    G, h = _stage_rows(ineq, F, f, n, nz, like)
+    E, e = _stage_rows(eq, F, f, n, nz, like)
+    return QuadraticData(C=2 * H0, c=L0, stage_const=k0, CT=2 * HT[:, :n, :n], cT=LT[:, :n], final_const=kT,
+                         F=F, f=f, G=G, h=h, E=E, e=e)
+
+
+def _sum_costs(exprs, env: Env, like: torch.Tensor) -> qf.Value:
+    total: qf.Value = torch.zeros(1, dtype=like.dtype, device=like.device)
+    for expr in exprs:
+        total = qf.add(total, evaluate(expr, env, like))
+    return total
+
+
+def _affine_rows(value: qf.Value, nz: int, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten an affine value of shape S into rows: (g (B, k), G (B, k, nz)) with value = g + G z."""
+    g, L, _ = qf.coefficients(value, nz)
+    if size is not None:                       # broadcast to the declared size (e.g. scalar dynamics)
+        g = g.reshape(g.shape[0], -1).expand(-1, size)
+        L = L.reshape(L.shape[0], nz, -1).expand(-1, -1, size)
+    return g.reshape(g.shape[0], -1), L.reshape(L.shape[0], nz, -1).transpose(1, 2)
+
+
+def _cat_batched(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    batch = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand((batch,) + p.shape[1:]) for p in parts], dim=dim)
+
+
+def _stage_rows(groups, F, f, n: int, nz: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack constraint rows g + G z (<= or ==) 0 as G z (<= or ==) h, shifting state-only rows to x_{t+1}."""
+    G_parts, h_parts = [], []
+    for (g, G), involves_control in groups:
+        if not involves_control:
+            Gx = G[..., :n]
+            g = g + (Gx @ f.unsqueeze(-1)).squeeze(-1)
+            G = Gx @ F
+        G_parts.append(G)
+        h_parts.append(-g)
+    if not G_parts:
+        empty = torch.zeros(1, 0, dtype=like.dtype, device=like.device)
+        return empty.unsqueeze(-1).expand(1, 0, nz), empty
+    return _cat_batched(G_parts, 1), _cat_batched(h_parts, 1)

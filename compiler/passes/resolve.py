@@ -1,0 +1,129 @@
+"""Pass 1, resolve: every name is declared, no cycles, every state has one dynamics, time rules hold.
+
+Time rules: `cost final` sees states only; defaults, bounds, sizes and the horizon see only
+compile-time constants (numbers and `const` names) -- bounds and costs may use params and inputs.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from compiler.functions import FUNCTIONS
+from compiler.passes import PassResult
+from planlang import ast
+from planlang.errors import Collector, did_you_mean
+from planlang.graph import BUILTIN_NAMES, NAMED_KINDS, NodeKind
+from planlang.source import Span
+
+NAME = "resolve"
+_ORIGIN = Span(1, 1, 1, 1)
+
+
+def run(graph: nx.DiGraph) -> PassResult:
+    errors = Collector()
+    declared = {d["name"]: n for n, d in graph.nodes(data=True) if d["kind"] in NAMED_KINDS}
+    kinds = {name: graph.nodes[node]["kind"] for name, node in declared.items()}
+
+    for node, data in graph.nodes(data=True):
+        for ref in data.get("unresolved", []):
+            if ref.id in FUNCTIONS:
+                errors.add(ref.span, f"'{ref.id}' is a function, not a value", f"call it: {ref.id}(...)")
+            else:
+                errors.add(ref.span, f"unknown name '{ref.id}'",
+                           did_you_mean(ref.id, list(declared) + sorted(BUILTIN_NAMES)) or
+                           "declare it (const, param, input, learn, state or control)")
+        for call in _calls(data["decl"]):
+            if call.func not in FUNCTIONS:
+                errors.add(call.span, f"unknown function '{call.func}'",
+                           did_you_mean(call.func, FUNCTIONS) or "builtins: " + ", ".join(sorted(FUNCTIONS)))
+        _check_time_rules(data, kinds, errors)
+
+    _check_structure(graph, declared, errors)
+    errors.raise_if_any()
+    _check_cycles(graph)
+    return PassResult(graph, False)
+
+
+def _calls(decl) -> list[ast.Call]:
+    exprs = _expressions(decl)
+    return [e for x in exprs for e in ast.walk(x) if isinstance(e, ast.Call)]
+
+
+def _expressions(decl) -> list:
+    if isinstance(decl, ast.VarDecl):
+        return [e for e in (decl.init, *(decl.bounds or ())) if e is not None]
+    if isinstance(decl, (ast.ConstDecl, ast.HorizonDecl)):
+        return [decl.value]
+    if isinstance(decl, (ast.DynamicsDecl, ast.CostDecl)):
+        return [decl.expr]
+    if isinstance(decl, ast.ConstraintDecl):
+        return [decl.lhs, decl.rhs]
+    return []
+
+
+_DECISION = {NodeKind.STATE, NodeKind.CONTROL}
+
+
+def _check_time_rules(data, kinds, errors: Collector) -> None:
+    decl = data["decl"]
+    if isinstance(decl, ast.CostDecl) and decl.when is ast.When.FINAL:
+        for ref in ast.names_in(decl.expr):
+            if kinds.get(ref.id) is NodeKind.CONTROL:
+                errors.add(ref.span, f"cost final sees states only, but uses control '{ref.id}'",
+                           "move this term to a `cost stage` line")
+    compile_time = []
+    if isinstance(decl, ast.VarDecl):
+        compile_time = [decl.init] if decl.init is not None else []
+        compile_time += [ast.Name(s.span, s.value) for s in decl.shape if isinstance(s.value, str)]
+        for ref in ast.names_in(decl.bounds[0]) + ast.names_in(decl.bounds[1]) if decl.bounds else []:
+            if kinds.get(ref.id) in _DECISION:
+                errors.add(ref.span, f"bounds cannot depend on the decision variable '{ref.id}'",
+                           "write it as a `constraint` line")
+    elif isinstance(decl, (ast.ConstDecl, ast.HorizonDecl)):
+        compile_time = [decl.value]
+    for expr in compile_time:
+        for ref in ast.names_in(expr):
+            kind = kinds.get(ref.id)
+            if kind is not None and kind is not NodeKind.CONST:
+                errors.add(ref.span, f"'{ref.id}' is a {kind.value}, but this must be a compile-time constant",
+                           "use numbers and `const` names here")
+
+
+def _check_structure(graph: nx.DiGraph, declared: dict, errors: Collector) -> None:
+    kinds = [d["kind"] for _, d in graph.nodes(data=True)]
+    if NodeKind.HORIZON not in kinds:
+        errors.add(_ORIGIN, "the plan has no `horizon`", "add a line such as `horizon 30`")
+    if NodeKind.SOLVE not in kinds:
+        errors.add(_ORIGIN, "the plan has no `solve` line", "add e.g. `solve lqr`, `solve qp` or `solve ilqr(iters=50)`")
+    if NodeKind.STATE not in kinds:
+        errors.add(_ORIGIN, "the plan declares no state", "add e.g. `state x[2] = [0, 0]`")
+    if NodeKind.CONTROL not in kinds:
+        errors.add(_ORIGIN, "the plan declares no control", "add e.g. `control u[1]`")
+    defined = set()
+    for node, data in graph.nodes(data=True):
+        if data["kind"] is not NodeKind.DYNAMICS:
+            continue
+        target = data["defines"]
+        decl = data["decl"]
+        if graph.nodes.get(f"state:{target}") is None:
+            other = declared.get(target)
+            what = f"'{target}' is a {graph.nodes[other]['kind'].value}" if other else f"there is no state '{target}'"
+            errors.add(decl.state_span, f"dynamics for '{target}', but {what}",
+                       did_you_mean(target, [d["name"] for _, d in graph.nodes(data=True)
+                                             if d["kind"] is NodeKind.STATE]) or "dynamics define states")
+        defined.add(target)
+    for node, data in graph.nodes(data=True):
+        if data["kind"] is NodeKind.STATE and data["name"] not in defined:
+            errors.add(data["span"], f"state '{data['name']}' has no dynamics",
+                       f"add a line `dynamics {data['name']}' = ...`")
+
+
+def _check_cycles(graph: nx.DiGraph) -> None:
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return
+    names = [graph.nodes[u]["name"] or u for u, _ in cycle] + [graph.nodes[cycle[0][0]]["name"] or cycle[0][0]]
+    first = graph.edges[cycle[-1]]["spans"][0]
+    errors = Collector()
+    errors.add(first, "declarations form a cycle: " + " -> ".join(names), "break the cycle: a value cannot depend on itself")
+    errors.raise_if_any()

@@ -1,0 +1,309 @@
+"""Pass 2, shapes: fold constants, resolve declared sizes, and type every expression.
+
+Builds the typed IR (`compiler.ir.Expr`) of each declaration with static shapes (NumPy
+broadcasting; `@` as in NumPy for vectors and matrices), and checks: defaults broadcast to
+their declared shapes, `x' = e` has the shape of x, costs are scalars, constraint sides
+broadcast. Results: node attribute `ir` (and `sense` for constraints) and `graph.graph['plan_info']`.
+"""
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import torch
+
+from compiler.context import PlanInfo, VarInfo
+from compiler.evaluate import evaluate
+from compiler.functions import FUNCTIONS, ShapeError, broadcast, _fmt
+from compiler.ir import Expr, Op, Shape, VarRef
+from compiler.passes import PassResult, annotate
+from planlang import ast
+from planlang.errors import Collector, PlanError
+from planlang.graph import NodeKind
+
+NAME = "shapes"
+_F64 = torch.zeros((), dtype=torch.float64)
+_BINARY = {ast.BinOp.ADD: Op.ADD, ast.BinOp.SUB: Op.SUB, ast.BinOp.MUL: Op.MUL, ast.BinOp.DIV: Op.DIV,
+           ast.BinOp.POW: Op.POW, ast.BinOp.MATMUL: Op.MATMUL}
+
+
+class _Located(Exception):
+    def __init__(self, span, message, hint=""):
+        self.span, self.message, self.hint = span, message, hint
+
+
+def run(graph: nx.DiGraph) -> PassResult:
+    info = PlanInfo()
+    errors = Collector()
+    typer = Typer(info)
+    modified = False
+
+    for node in _const_order(graph):
+        data = graph.nodes[node]
+        try:
+            value = typer.const_value(data["decl"].value)
+        except _Located as err:
+            errors.add(err.span, err.message, err.hint)
+            continue
+        info.consts[data["name"]] = value
+    try:
+        info.horizon = _horizon(graph, typer)
+    except _Located as err:
+        errors.add(err.span, err.message, err.hint)
+
+    for node, data in graph.nodes(data=True):
+        if data["kind"] in (NodeKind.STATE, NodeKind.CONTROL, NodeKind.PARAM, NodeKind.INPUT, NodeKind.LEARN):
+            try:
+                info.variables[data["name"]] = typer.variable(node, data["decl"])
+            except _Located as err:
+                errors.add(err.span, err.message, err.hint)
+    errors.raise_if_any()
+
+    for node, data in graph.nodes(data=True):
+        decl = data["decl"]
+        try:
+            if data["kind"] is NodeKind.DYNAMICS:
+                modified |= annotate(graph, node, "ir", typer.dynamics(decl), _fp)
+            elif data["kind"] is NodeKind.COST:
+                modified |= annotate(graph, node, "ir", typer.cost(decl), _fp)
+            elif data["kind"] is NodeKind.CONSTRAINT:
+                ir, sense = typer.constraint(decl)
+                modified |= annotate(graph, node, "ir", ir, _fp)
+                modified |= annotate(graph, node, "sense", sense)
+        except _Located as err:
+            errors.add(err.span, err.message, err.hint)
+    for data in (d for _, d in graph.nodes(data=True) if d["kind"] in (NodeKind.STATE, NodeKind.CONTROL, NodeKind.PARAM,
+                                                                            NodeKind.INPUT, NodeKind.LEARN)):
+        var = info.variables.get(data["name"])
+        if var is not None:
+            data["shape"] = var.shape
+    errors.raise_if_any()
+    old = graph.graph.get("plan_info")
+    graph.graph["plan_info"] = info
+    return PassResult(graph, modified or old is None)
+
+
+def _fp(expr) -> str:
+    return expr.as_text() if isinstance(expr, Expr) else repr(expr)
+
+
+def _const_order(graph: nx.DiGraph) -> list[str]:
+    consts = [n for n, d in graph.nodes(data=True) if d["kind"] is NodeKind.CONST]
+    return [n for n in nx.topological_sort(graph.subgraph(consts))]
+
+
+def _horizon(graph: nx.DiGraph, typer: "Typer") -> int:
+    decl = graph.nodes["horizon"]["decl"]
+    value = typer.const_value(decl.value)
+    if value.numel() != 1 or value.item() != int(value.item()) or value.item() < 1:
+        raise _Located(decl.value.span, "the horizon must be a positive integer", "e.g. `horizon 30`")
+    return int(value.item())
+
+
+class Typer:
+    """AST expressions -> typed IR, with constant folding and shape checks."""
+
+    def __init__(self, info: PlanInfo):
+        self.info = info
+
+    # ----------------------------------------------------------- declarations
+    def const_value(self, expr: ast.Expr) -> torch.Tensor:
+        typed = self.expr(expr)
+        if typed.op is not Op.CONST:
+            raise _Located(expr.span, "expected a compile-time constant", "use numbers and `const` names")
+        return typed.attr
+
+    def size(self, size: ast.Size) -> int:
+        if isinstance(size.value, int):
+            value = size.value
+        else:
+            const = self.info.consts.get(size.value)
+            if const is None or const.numel() != 1 or const.item() != int(const.item()):
+                raise _Located(size.span, f"size '{size.value}' must be an integer const")
+            value = int(const.item())
+        if value < 1:
+            raise _Located(size.span, "sizes must be positive")
+        return value
+
+    def variable(self, node: str, decl: ast.VarDecl) -> VarInfo:
+        shape = tuple(self.size(s) for s in decl.shape)
+        ref = VarRef(decl.kind, decl.name)
+        if decl.kind in (ast.VarKind.STATE, ast.VarKind.CONTROL) and len(shape) > 1:
+            raise _Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {_fmt(shape)}",
+                           "declare it as a vector, e.g. `state x[4]`")
+        if decl.psd and (len(shape) != 2 or shape[0] != shape[1]):
+            raise _Located(decl.span, f"`psd` needs a square matrix, got {_fmt(shape)}", f"declare e.g. `{decl.name}[n, n]`")
+        if (decl.psd or decl.positive) and decl.kind is not ast.VarKind.LEARN:
+            raise _Located(decl.span, "`positive` and `psd` apply to `learn` declarations",
+                           "params and inputs are given by the caller")
+        if decl.kind is ast.VarKind.PARAM and decl.init is None:
+            raise _Located(decl.span, f"param '{decl.name}' needs a value", f"write `param {decl.name} = ...`")
+        var = VarInfo(ref, node, shape, positive=decl.positive, psd=decl.psd)
+        if decl.init is not None:
+            var.default = self._fitting(self.expr(decl.init), shape, decl.init.span, "default")
+            value = var.default.attr.broadcast_to(shape)
+            if decl.positive and not bool((value > 0).all()):
+                raise _Located(decl.init.span, "a `positive` learnable needs a positive initial value")
+            if decl.psd and not bool((torch.linalg.eigvalsh(0.5 * (value + value.T)) > 0).all()):
+                raise _Located(decl.init.span, "a `psd` learnable needs a symmetric positive definite initial value")
+        if decl.bounds is not None:
+            if decl.kind not in (ast.VarKind.STATE, ast.VarKind.CONTROL):
+                raise _Located(decl.span, "`in [lo, hi]` bounds apply to states and controls")
+            var.lower = self._fitting(self.expr(decl.bounds[0]), shape, decl.bounds[0].span, "lower bound")
+            var.upper = self._fitting(self.expr(decl.bounds[1]), shape, decl.bounds[1].span, "upper bound")
+        return var
+
+    def _fitting(self, typed: Expr, shape: Shape, span, what: str) -> Expr:
+        try:
+            if broadcast(typed.shape, shape) != shape:
+                raise ShapeError
+        except ShapeError:
+            raise _Located(span, f"{what} has shape {_fmt(typed.shape)}, but the declaration is {_fmt(shape)}") from None
+        return typed
+
+    def dynamics(self, decl: ast.DynamicsDecl) -> Expr:
+        typed = self.expr(decl.expr)
+        target = self.info.variables[decl.state].shape
+        if typed.shape != target:
+            try:
+                ok = broadcast(typed.shape, target) == target
+            except ShapeError:
+                ok = False
+            if not ok:
+                raise _Located(decl.expr.span, f"dynamics of '{decl.state}' has shape {_fmt(typed.shape)}, "
+                                               f"but '{decl.state}' is {_fmt(target)}")
+        return typed
+
+    def cost(self, decl: ast.CostDecl) -> Expr:
+        typed = self.expr(decl.expr)
+        if typed.shape != ():
+            raise _Located(decl.expr.span, f"a cost must be a scalar, got shape {_fmt(typed.shape)}",
+                           "reduce it, e.g. sum(...) or norm(...)")
+        return typed
+
+    def constraint(self, decl: ast.ConstraintDecl):
+        lhs, rhs = self.expr(decl.lhs), self.expr(decl.rhs)
+        if decl.cmp is ast.Cmp.GE:
+            lhs, rhs = rhs, lhs
+        shape = self._broadcast(decl.span, lhs.shape, rhs.shape)
+        return Expr(Op.SUB, (lhs, rhs), shape, decl.span), (ast.Cmp.EQ if decl.cmp is ast.Cmp.EQ else ast.Cmp.LE)
+
+    # ------------------------------------------------------------ expressions
+    def expr(self, e: ast.Expr) -> Expr:
+        typed = self._expr(e)
+        if typed.op is not Op.CONST and all(a.op is Op.CONST for a in typed.args) and typed.op is not Op.VAR:
+            try:
+                value = evaluate(typed, {}, _F64)
+            except (ValueError, RuntimeError) as err:
+                raise _Located(e.span, f"cannot evaluate constant expression: {err}") from None
+            return Expr(Op.CONST, (), typed.shape, e.span, value[0])
+        return typed
+
+    def _expr(self, e) -> Expr:
+        if isinstance(e, ast.Number):
+            return Expr(Op.CONST, (), (), e.span, torch.tensor(e.value, dtype=torch.float64))
+        if isinstance(e, ast.Name):
+            return self._name(e)
+        if isinstance(e, ast.Unary):
+            operand = self.expr(e.operand)
+            return operand if e.op is ast.UnOp.POS else Expr(Op.NEG, (operand,), operand.shape, e.span)
+        if isinstance(e, ast.Binary):
+            left, right = self.expr(e.left), self.expr(e.right)
+            op = _BINARY[e.op]
+            shape = _matmul_shape(e, left.shape, right.shape) if op is Op.MATMUL else \
+                self._broadcast(e.span, left.shape, right.shape)
+            return Expr(op, (left, right), shape, e.span)
+        if isinstance(e, ast.Call):
+            return self._call(e)
+        if isinstance(e, ast.Array):
+            items = [self.expr(i) for i in e.items]
+            first = items[0].shape
+            for item, src in zip(items, e.items):
+                if item.shape != first:
+                    raise _Located(src.span, f"array items must have equal shapes: {_fmt(item.shape)} vs {_fmt(first)}")
+            return Expr(Op.STACK, tuple(items), (len(items),) + first, e.span)
+        if isinstance(e, ast.Index):
+            return self._index(e)
+        raise _Located(e.span, f"unsupported expression {type(e).__name__}")
+
+    def _name(self, e: ast.Name) -> Expr:
+        if e.id == "pi":
+            return Expr(Op.CONST, (), (), e.span, torch.tensor(math.pi, dtype=torch.float64))
+        if e.id in self.info.consts:
+            value = self.info.consts[e.id]
+            return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
+        var = self.info.variables.get(e.id)
+        if var is None:
+            raise _Located(e.span, f"'{e.id}' is not available here")
+        return Expr(Op.VAR, (), var.shape, e.span, var.ref)
+
+    def _broadcast(self, span, *shapes: Shape) -> Shape:
+        try:
+            return broadcast(*shapes)
+        except ShapeError as err:
+            raise _Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
+
+    def _call(self, e: ast.Call) -> Expr:
+        fn = FUNCTIONS[e.func]
+        if e.keywords:
+            raise _Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
+        if not fn.min_args <= len(e.args) <= fn.max_args:
+            want = str(fn.min_args) if fn.min_args == fn.max_args else f"{fn.min_args} to {fn.max_args}"
+            raise _Located(e.span, f"{e.func}() takes {want} argument(s), got {len(e.args)}")
+        args = [self.expr(a) for a in e.args]
+        if fn.fold is not None:
+            sizes = []
+            for arg, src in zip(args, e.args):
+                if arg.op is not Op.CONST or arg.attr.numel() != 1 or arg.attr.item() != int(arg.attr.item()) \
+                        or arg.attr.item() < 1:
+                    raise _Located(src.span, f"{e.func}() takes positive integer constants")
+                sizes.append(int(arg.attr.item()))
+            value = fn.fold(*sizes)
+            return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
+        try:
+            shape = fn.shape([a.shape for a in args], [])
+        except ShapeError as err:
+            raise _Located(e.span, f"shape mismatch in {e.func}(): {err}") from None
+        return Expr(Op.CALL, tuple(args), shape, e.span, fn)
+
+    def _index(self, e: ast.Index) -> Expr:
+        base = self.expr(e.base)
+        if len(e.indices) > len(base.shape):
+            raise _Located(e.span, f"too many indices: {len(e.indices)} for shape {_fmt(base.shape)}")
+        index, shape = [], []
+        for axis, item in enumerate(e.indices):
+            size = base.shape[axis]
+            if isinstance(item, ast.Slice):
+                start = self._int(item.start, 0, size)
+                stop = self._int(item.stop, size, size)
+                if not 0 <= start < stop <= size:
+                    raise _Located(item.span, f"slice {start}:{stop} is empty or out of range for size {size}")
+                index.append(slice(start, stop))
+                shape.append(stop - start)
+            else:
+                i = self._int(item, None, size)
+                if not 0 <= i < size:
+                    raise _Located(item.span, f"index {i} is out of range for size {size}",
+                                   f"valid indices are 0..{size - 1}")
+                index.append(i)
+        shape += base.shape[len(e.indices):]
+        return Expr(Op.INDEX, (base,), tuple(shape), e.span, tuple(index))
+
+    def _int(self, e, default, size: int) -> int:
+        if e is None:
+            return default
+        value = self.expr(e)
+        if value.op is not Op.CONST or value.attr.numel() != 1 or value.attr.item() != int(value.attr.item()):
+            raise _Located(e.span, "indices must be integer constants")
+        i = int(value.attr.item())
+        return i + size if i < 0 else i
+
+
+def _matmul_shape(e: ast.Binary, a: Shape, b: Shape) -> Shape:
+    if not a or not b or len(a) > 2 or len(b) > 2:
+        raise _Located(e.span, f"@ needs vectors or matrices, got {_fmt(a)} @ {_fmt(b)}",
+                       "use * for scalar or elementwise products")
+    inner_a, inner_b = a[-1], b[0]
+    if inner_a != inner_b:
+        raise _Located(e.span, f"shape mismatch in @: {_fmt(a)} @ {_fmt(b)} (inner sizes {inner_a} and {inner_b} differ)")
+    return a[:-1] + b[1:]
