@@ -1,0 +1,158 @@
+"""The `planlang` command line: run, graph, check.
+
+Library code raises; only this module prints and sets exit codes. A `PlanError` is printed as
+`file.plan:L:C: error: ...` with the line and a caret, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import ast as pyast
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from planlang.errors import PlanError, SolveError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        return args.handler(args)
+    except PlanError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_FAIL
+    except (SolveError, OSError, ValueError, TypeError, KeyError) as err:
+        print(f"planlang: error: {err}", file=sys.stderr)
+        return EXIT_USAGE if not isinstance(err, SolveError) else EXIT_FAIL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="planlang", description="Compile and solve .plan files.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: plans are small and latency-bound)")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="solve a plan and print a summary")
+    run.add_argument("file", type=Path)
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="override an initial state, input or param, e.g. --set goal=[1,0]")
+    run.add_argument("--json", action="store_true", help="print the solution as JSON")
+    run.add_argument("--plot", type=Path, metavar="OUT.png", help="plot states and controls over time")
+    run.add_argument("--float64", action="store_true", help="solve in float64 (default float32)")
+    run.set_defaults(handler=_run)
+
+    graph = verbs.add_parser("graph", help="show the declaration graph (optionally after a compiler pass)")
+    graph.add_argument("file", type=Path)
+    graph.add_argument("--format", choices=("text", "dot", "json"), default="text")
+    graph.add_argument("--after", metavar="PASS", help="show the graph after this pass (resolve, shapes, classify, eligibility)")
+    graph.set_defaults(handler=_graph)
+
+    check = verbs.add_parser("check", help="compare the compiled solver with a cvxpy reference and finite differences")
+    check.add_argument("file", type=Path)
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def parse_assignment(text: str) -> tuple[str, torch.Tensor]:
+    """`name=value` with a number or a (nested) list literal."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--set expects NAME=VALUE, got '{text}'")
+    try:
+        literal = pyast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--set {name}: '{value}' is not a number or a list of numbers") from None
+    return name.strip(), torch.tensor(literal, dtype=torch.float64)
+
+
+def _run(args) -> int:
+    import planlang
+
+    plan = planlang.load(args.file)
+    dtype = torch.float64 if args.float64 else torch.float32
+    module = planlang.compile(plan, dtype=dtype)
+    values = dict(parse_assignment(s) for s in args.set)
+    values = {k: v.to(dtype) for k, v in values.items()}
+    with torch.no_grad():
+        sol = module(**values)                 # the first call also pays torch's one-time set-up
+        start = time.perf_counter()
+        sol = module(**values)
+        elapsed = time.perf_counter() - start
+    if args.json:
+        print(json.dumps(_solution_json(module, sol, elapsed), indent=2))
+    else:
+        print(_summary(module, sol, elapsed))
+    if args.plot:
+        from planlang.plot import plot_solution
+        plot_solution(module, sol, args.plot)
+        print(f"plot written to {args.plot}")
+    return EXIT_OK if bool(sol.ok.all()) else EXIT_FAIL
+
+
+def _summary(module, sol, elapsed: float) -> str:
+    names = sol.status_names()
+    lines = [f"plan      {module.plan_name}",
+             f"solver    {module.solver}",
+             f"horizon   {module.horizon}  (n={module.layout.n} states, m={module.layout.m} controls, batch {sol.x.shape[0]})",
+             f"cost      {', '.join(f'{c:.6g}' for c in sol.cost.tolist())}",
+             f"status    {', '.join(names)}",
+             f"time      {elapsed * 1e3:.2f} ms (warm solve)"]
+    if sol.iterations is not None:
+        lines.append(f"iters     {', '.join(str(i) for i in sol.iterations.tolist())}")
+    for name, (which, _, _) in sol.layout.items():
+        traj = sol[name][0]
+        first, last = traj[0].flatten().tolist(), traj[-1].flatten().tolist()
+        label = "x_T" if which == "x" else "u_T-1"
+        lines.append(f"{which}:{name:<8} start {_fmt(first)}  {label} {_fmt(last)}")
+    return "\n".join(lines)
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def _solution_json(module, sol, elapsed: float) -> dict:
+    return {"plan": module.plan_name, "solver": module.solver, "horizon": module.horizon,
+            "status": sol.status_names(), "cost": sol.cost.tolist(), "time_s": elapsed,
+            "x": sol.x.tolist(), "u": sol.u.tolist(),
+            "trajectories": {name: sol[name].tolist() for name in sol.layout}}
+
+
+def _graph(args) -> int:
+    import planlang
+    from planlang import dump
+
+    plan = planlang.load(args.file)
+    graph = plan.graph
+    if args.after:
+        from compiler.pipeline import PASS_NAMES, run_passes
+        if args.after not in PASS_NAMES:
+            raise ValueError(f"unknown pass '{args.after}'; passes: {', '.join(PASS_NAMES)}")
+        try:
+            graph = run_passes(plan.graph, until=args.after)
+        except PlanError as err:
+            raise err.with_source(plan.source) from None
+    render = {"text": dump.to_text, "dot": dump.to_dot, "json": dump.to_json}[args.format]
+    print(render(graph))
+    return EXIT_OK
+
+
+def _check(args) -> int:
+    import planlang
+
+    plan = planlang.load(args.file)
+    report = planlang.check(plan, seed=args.seed)
+    print(report.render())
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
