@@ -1,8 +1,9 @@
 """Lowering rules keyed by `Op`: evaluate typed expressions on batched values.
 
 Values are plain tensors `(B, *shape)` (B may be 1 and broadcasts) or `QuadForm`s when decision
-variables are bound to symbolic quadratic forms; the same rules serve both the polynomial
-lowering (LQR/QP data extraction) and plain numerical evaluation (iLQR, sampling planners).
+variables are bound to second-order jets; the same rules serve the exact data extraction of
+polynomial plans (LQR/QP), exact first and second derivatives (iLQR), and plain numerical
+evaluation (rollouts, sampling planners).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable, Mapping
 import torch
 
 from compiler import quadform as qf
+from compiler.functions import FUNCTIONS, RECIPROCAL, power
 from compiler.ir import Expr, Op, VarRef
 
 Env = Mapping[VarRef, qf.Value]
@@ -30,21 +32,14 @@ def _var(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
 
 def _pow(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
     base, exponent = args
-    if isinstance(base, qf.QuadForm):
-        k = int(expr.args[1].attr.item())                   # classification guarantees a small integer
-        result: qf.Value = torch.ones_like(base.c)
-        for _ in range(k):
-            result = qf.mul(result, base)
-        return result
-    r = max(qf.rank(base), qf.rank(exponent))
-    return torch.pow(qf.pad_rank(base, r), qf.pad_rank(exponent, r))
+    if isinstance(exponent, qf.QuadForm):                   # a^b = exp(b log a)
+        return FUNCTIONS["exp"].evaluate(qf.mul(exponent, FUNCTIONS["log"].evaluate(base)))
+    return power(base, exponent)
 
 
 def _div(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
     a, b = args
-    if isinstance(b, qf.QuadForm):
-        raise ValueError("division by a decision variable in a polynomial lowering")
-    return qf.mul(a, 1.0 / b)
+    return qf.mul(a, RECIPROCAL(b))
 
 
 def _call(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:

@@ -115,20 +115,37 @@ def _minmax_shape(shapes, consts):
 
 # --------------------------------------------------------------- evaluations
 
-def _value_dims(v: torch.Tensor) -> tuple[int, ...]:
-    return tuple(range(1, v.dim()))
+def _aligned(args):
+    if len(args) == 1:
+        return args
+    r = max(qf.rank(a) for a in args)
+    return [qf.pad_rank(a, r) for a in args]
 
 
-def _tensor_fn(fn):
-    """An elementwise torch function: defined on degree-0 values only."""
-    def evaluate(*args):
-        if any(isinstance(a, qf.QuadForm) for a in args):
-            raise ValueError("nonlinear function of a decision variable in a polynomial lowering")
-        if len(args) > 1:
-            r = max(a.dim() for a in args)
-            args = [qf.pad_rank(a, r - 1) for a in args]
-        return fn(*args)
+def _jet_fn(f, df, d2f):
+    """An elementwise function with its first and second derivatives: extends jets by the chain rule."""
+    def evaluate(v):
+        if not isinstance(v, qf.QuadForm):
+            return f(v)
+        return qf.apply_elementwise(v, f(v.c), df(v.c), d2f(v.c))
     return evaluate
+
+
+def _select(cond, a, b):
+    """Elementwise `a if cond else b` on values (jets select their coefficients)."""
+    a, b = _aligned((a, b))
+    if not isinstance(a, qf.QuadForm) and not isinstance(b, qf.QuadForm):
+        return torch.where(cond, a, b)
+    nz = next(v.L.shape[1] for v in (a, b) if isinstance(v, qf.QuadForm) and v.L is not None)
+    (ac, aL, aH), (bc, bL, bH) = qf.coefficients(a, nz), qf.coefficients(b, nz)
+    c = torch.where(cond, ac, bc)
+    L = torch.where(cond.unsqueeze(1), aL, bL)
+    H = torch.where(cond.unsqueeze(1).unsqueeze(1), aH, bH)
+    return qf.QuadForm(c, L, H)
+
+
+def _constant(v):
+    return v.c if isinstance(v, qf.QuadForm) else v
 
 
 def _sum(v):
@@ -144,20 +161,30 @@ def _quad(v, M):
 
 
 def _norm(v):
-    return torch.linalg.vector_norm(v, dim=_value_dims(v)) if v.dim() > 1 else v.abs()
+    """||v||_2 = sqrt(sum(v * v)) (a jet through sqrt; not differentiable at 0)."""
+    return _SQRT(_sum(qf.mul(v, v)))
 
 
-def _minmax(reduce, pairwise):
+def _minmax(pick_first, arg_best):
+    """min/max of one value (over all elements) or of two (elementwise); jets follow the winner."""
     def evaluate(*args):
-        if len(args) == 1:
-            (v,) = args
-            return reduce(v.flatten(1), dim=1).values if v.dim() > 1 else v
-        return _tensor_fn(pairwise)(*args)
+        if len(args) == 2:
+            a, b = _aligned(args)
+            ac, bc = _constant(a), _constant(b)
+            return _select(pick_first(ac, bc), a, b)
+        (v,) = args
+        if qf.rank(v) == 0:
+            return v
+        c = _constant(v).flatten(1)
+        winner = arg_best(c, dim=1)
+        flat = qf.map_value_axes(v, lambda t: t.flatten(t.dim() - qf.rank(v)))
+        return qf.map_value_axes(flat, lambda t: t.gather(-1, winner.reshape((-1,) + (1,) * (t.dim() - 1))
+                                                           .expand(t.shape[:-1] + (1,)))[..., 0])
     return evaluate
 
 
 def _clip(v, lo, hi):
-    return _tensor_fn(lambda a, b, c: torch.minimum(torch.maximum(a, b), c))(v, lo, hi)
+    return _MIN(_MAX(v, lo), hi)
 
 
 def _cat(*args):
@@ -172,32 +199,61 @@ def _length(v: qf.Value) -> int:
     return (v.c if isinstance(v, qf.QuadForm) else v).shape[-1]
 
 
-def _elementwise_function(name, fn, smooth=True, doc=""):
-    return Function(name, 1, 1, _elementwise, _const_only, _tensor_fn(fn), smooth=smooth, doc=doc)
+def _elementwise_function(name, f, df, d2f, smooth=True):
+    """A builtin g applied elementwise, with g' and g'' for jets (a.e. for non-smooth ones)."""
+    return Function(name, 1, 1, _elementwise, _const_only, _jet_fn(f, df, d2f), smooth=smooth)
+
+
+def _sigmoid_d2(c):
+    s = torch.sigmoid(c)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+_SQRT = _jet_fn(torch.sqrt, lambda c: 0.5 / torch.sqrt(c), lambda c: -0.25 * c.pow(-1.5))
+RECIPROCAL = _jet_fn(torch.reciprocal, lambda c: -c.pow(-2), lambda c: 2 * c.pow(-3))
+_MIN = _minmax(torch.less_equal, torch.argmin)
+_MAX = _minmax(torch.greater_equal, torch.argmax)
+
+
+def power(base: qf.Value, p: torch.Tensor) -> qf.Value:
+    """base ** p for a degree-0 exponent: repeated products for small integers (exact), else the chain rule."""
+    if not isinstance(base, qf.QuadForm):
+        b, e = _aligned((base, p))
+        return torch.pow(b, e)
+    if p.numel() == 1 and float(p) == int(p) and 0 <= int(p) <= 8:
+        result: qf.Value = torch.ones_like(base.c)
+        for _ in range(int(p)):
+            result = qf.mul(result, base)
+        return result
+    c, e = _aligned((base.c, p))
+    return qf.apply_elementwise(base, torch.pow(c, e), e * torch.pow(c, e - 1), e * (e - 1) * torch.pow(c, e - 2))
 
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in [
-    _elementwise_function("sin", torch.sin),
-    _elementwise_function("cos", torch.cos),
-    _elementwise_function("tan", torch.tan),
-    _elementwise_function("exp", torch.exp),
-    _elementwise_function("log", torch.log),
-    _elementwise_function("sqrt", torch.sqrt),
-    _elementwise_function("tanh", torch.tanh),
-    _elementwise_function("sigmoid", torch.sigmoid),
-    _elementwise_function("softplus", torch.nn.functional.softplus),
-    _elementwise_function("abs", torch.abs, smooth=False),
-    _elementwise_function("relu", torch.relu, smooth=False),
+    _elementwise_function("sin", torch.sin, torch.cos, lambda c: -torch.sin(c)),
+    _elementwise_function("cos", torch.cos, lambda c: -torch.sin(c), lambda c: -torch.cos(c)),
+    _elementwise_function("tan", torch.tan, lambda c: 1 / torch.cos(c) ** 2,
+                          lambda c: 2 * torch.tan(c) / torch.cos(c) ** 2),
+    _elementwise_function("exp", torch.exp, torch.exp, torch.exp),
+    _elementwise_function("log", torch.log, torch.reciprocal, lambda c: -c.pow(-2)),
+    Function("sqrt", 1, 1, _elementwise, _const_only, _SQRT),
+    _elementwise_function("tanh", torch.tanh, lambda c: 1 - torch.tanh(c) ** 2,
+                          lambda c: -2 * torch.tanh(c) * (1 - torch.tanh(c) ** 2)),
+    _elementwise_function("sigmoid", torch.sigmoid, lambda c: torch.sigmoid(c) * (1 - torch.sigmoid(c)), _sigmoid_d2),
+    _elementwise_function("softplus", torch.nn.functional.softplus, torch.sigmoid,
+                          lambda c: torch.sigmoid(c) * (1 - torch.sigmoid(c))),
+    _elementwise_function("abs", torch.abs, torch.sign, torch.zeros_like, smooth=False),
+    _elementwise_function("relu", torch.relu, lambda c: (c > 0).to(c.dtype), torch.zeros_like, smooth=False),
     Function("sum", 1, 1, _scalar, _same, _sum, doc="sum of all elements"),
-    Function("norm", 1, 1, _scalar, _const_only, _tensor_fn(_norm), doc="Euclidean norm"),
+    Function("norm", 1, 1, _scalar, _const_only, _norm, doc="Euclidean norm"),
     Function("dot", 2, 2, _vector_pair, _total, _dot),
     Function("quad", 2, 2, _quad_shape, lambda d: _total([d[0], d[0], d[1]]), _quad, doc="v' M v"),
     Function("diag", 1, 1, _diag_shape, _same, qf.diag),
     Function("eye", 1, 1, _eye_shape, lambda d: 0, None, fold=lambda n: torch.eye(n, dtype=torch.float64)),
     Function("zeros", 1, 2, _sized, lambda d: 0, None, fold=lambda *s: torch.zeros(*s, dtype=torch.float64)),
     Function("ones", 1, 2, _sized, lambda d: 0, None, fold=lambda *s: torch.ones(*s, dtype=torch.float64)),
-    Function("min", 1, 2, _minmax_shape, _const_only, _minmax(torch.min, torch.minimum), smooth=False),
-    Function("max", 1, 2, _minmax_shape, _const_only, _minmax(torch.max, torch.maximum), smooth=False),
+    Function("min", 1, 2, _minmax_shape, _const_only, _MIN, smooth=False),
+    Function("max", 1, 2, _minmax_shape, _const_only, _MAX, smooth=False),
     Function("clip", 3, 3, _elementwise, _const_only, _clip, smooth=False),
     Function("cat", 1, 16, _cat_shape, _max, _cat, doc="concatenate scalars and vectors"),
 ]}

@@ -42,6 +42,12 @@ class Layout:
         return {ref: qf.QuadForm.variable(s.start, s.stop - s.start, nz, like, scalar=self._scalar(ref))
                 for ref, s in self.offsets().items()}
 
+    def jets(self, x: torch.Tensor, u: torch.Tensor | None) -> dict[VarRef, qf.QuadForm]:
+        """States (and controls) as second-order jets around the numeric point (x, u): value + dz."""
+        base = self.numeric(x, u)
+        symbolic = self.symbolic(x)
+        return {ref: qf.add(symbolic[ref], value) for ref, value in base.items()}
+
     def numeric(self, x: torch.Tensor, u: torch.Tensor | None) -> dict[VarRef, torch.Tensor]:
         """Split stacked x (B, n) and u (B, m) into named values (B, *shape)."""
         z = x if u is None else torch.cat([x, u], dim=-1)

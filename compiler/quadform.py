@@ -1,10 +1,15 @@
-"""Exact quadratic forms in the stage decision vector z: the values of the LQR/QP lowering.
+"""Second-order forms in the stage decision vector z: the values of the polynomial lowering.
 
 A `QuadForm` is a tensor-valued expression whose every element is a polynomial of degree <= 2 in
 z (size nz):  value[b, *S] = c[b, *S] + sum_i L[b, i, *S] z_i + sum_ij H[b, i, j, *S] z_i z_j,
-with H symmetric in (i, j). Coefficients are torch tensors, so data extracted from them (A, B, Q,
-R, ...) stays differentiable in every param, input and learnable. Plain tensors (b, *S) are the
-degree-0 values; every function here accepts both and returns a plain tensor when no z is left.
+with H symmetric in (i, j). Products drop terms of degree > 2, so a QuadForm is the second-order
+Taylor jet of an expression around z = 0 (bind z = z_bar + dz to expand around z_bar), and it is
+EXACT for expressions of degree <= 2 (what `solve lqr` / `solve qp` plans are classified to be).
+Smooth builtins extend jets by the chain rule (`apply_elementwise`).
+
+Coefficients are torch tensors, so data extracted from them (A, B, Q, R, ...) stays
+differentiable in every param, input and learnable. Plain tensors (b, *S) are the degree-0
+values; every function here accepts both and returns a plain tensor when no z is left.
 The z axes sit right after the batch axis so that ops on the value axes S act on trailing dims.
 """
 from __future__ import annotations
@@ -104,11 +109,9 @@ def sub(a: Value, b: Value) -> Value:
 
 
 def mul(a: Value, b: Value) -> Value:
-    """Elementwise product; the degrees must add up to at most 2."""
+    """Elementwise product, truncated after the second-order terms."""
     a, b = _align(a, b)
     (ac, aL, aH), (bc, bL, bH) = _parts(a), _parts(b)
-    if degree(a) + degree(b) > 2:
-        raise ValueError("product of degree > 2 in the decision variables")
     L = _add_opt(None if aL is None else aL * _lift(bc, 1), None if bL is None else bL * _lift(ac, 1))
     H = _add_opt(None if aH is None else aH * _lift(bc, 2), None if bH is None else bH * _lift(ac, 2))
     if aL is not None and bL is not None:
@@ -183,6 +186,20 @@ def _dense_parts(v: Value, nz: int):
     if L is None:
         L = torch.zeros((c.shape[0], nz) + c.shape[1:], dtype=c.dtype, device=c.device)
     return c, L, H
+
+
+def apply_elementwise(v: Value, f: torch.Tensor, df: torch.Tensor, d2f: torch.Tensor) -> Value:
+    """Chain rule on a jet: g(c + dv) = g(c) + g'(c) dv + 1/2 g''(c) dv^2 (second order).
+
+    f, df, d2f are g, g', g'' evaluated elementwise at v's constant part c (B, *S).
+    """
+    if not isinstance(v, QuadForm):
+        return f
+    L = None if v.L is None else v.L * _lift(df, 1)
+    H = None if v.H is None else v.H * _lift(df, 2)
+    if v.L is not None:
+        H = _add_opt(H, 0.5 * _lift(d2f, 2) * v.L.unsqueeze(2) * v.L.unsqueeze(1))
+    return _simplify(f, L, H)
 
 
 def diag(v: Value) -> Value:

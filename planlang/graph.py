@@ -47,8 +47,9 @@ def build_graph(plan: ast.PlanAST) -> nx.DiGraph:
     counters: dict[str, int] = {}
 
     def add(node_id: str, kind: NodeKind, decl, name=None, expr=None, **attrs) -> None:
-        if node_id in graph:
-            first = graph.nodes[node_id]["span"]
+        clash = names.get(name) if name is not None else (node_id if node_id in graph else None)
+        if clash is not None:
+            first = graph.nodes[clash]["span"]
             what = f"'{name}'" if name else f"`{kind.value}` declaration"
             errors.add(decl.span, f"duplicate {what} (first declared at {first})",
                        "names are unique in a plan; rename or remove one")
@@ -64,18 +65,8 @@ def build_graph(plan: ast.PlanAST) -> nx.DiGraph:
     for decl in plan.decls:
         if isinstance(decl, ast.VarDecl):
             kind = _VAR_NODE_KIND[decl.kind]
-            node_id = f"{kind.value}:{decl.name}"
-            if decl.name in names and names[decl.name] != node_id:
-                other = graph.nodes[names[decl.name]]
-                errors.add(decl.span, f"duplicate '{decl.name}' (first declared at {other['span']})",
-                           "names are unique in a plan; rename or remove one")
-                continue
-            add(node_id, kind, decl, decl.name, decl.init, shape=tuple(s.value for s in decl.shape))
+            add(f"{kind.value}:{decl.name}", kind, decl, decl.name, decl.init, shape=tuple(s.value for s in decl.shape))
         elif isinstance(decl, ast.ConstDecl):
-            if decl.name in names:
-                errors.add(decl.span, f"duplicate '{decl.name}' (first declared at {graph.nodes[names[decl.name]]['span']})",
-                           "names are unique in a plan; rename or remove one")
-                continue
             add(f"const:{decl.name}", NodeKind.CONST, decl, decl.name, decl.value)
         elif isinstance(decl, ast.HorizonDecl):
             add("horizon", NodeKind.HORIZON, decl, None, decl.value)
@@ -90,10 +81,11 @@ def build_graph(plan: ast.PlanAST) -> nx.DiGraph:
             add("solve", NodeKind.SOLVE, decl, None, None, solver=decl.solver)
     errors.raise_if_any()
 
+    values = {name: node for name, node in names.items() if graph.nodes[node]["kind"] in NAMED_KINDS}
     for node_id, data in list(graph.nodes(data=True)):
         unresolved = []
         for ref in _references(data["decl"]):
-            target = names.get(ref.id)
+            target = values.get(ref.id)
             if target is None:
                 if ref.id not in BUILTIN_NAMES:
                     unresolved.append(ref)

@@ -1,7 +1,8 @@
 """Solver backends: a registry keyed by solver name, each turning bound tensors into a `Solution`.
 
 A backend receives the checked graph once (at compile time) and, per call, the bound values of
-params, inputs and learnables (`env`, batch-first, B or 1) and the initial state x0 (B, n).
+params, inputs and learnables (`env`, batch-first, B or 1), the initial state x0 (B, n) and an
+optional warm start for the controls (B, T, m).
 """
 from __future__ import annotations
 
@@ -10,48 +11,190 @@ from typing import Callable, Protocol
 import networkx as nx
 import torch
 
+from compiler import quadform as qf
+from compiler.codegen import NumericFunction
 from compiler.context import PlanInfo
-from compiler.evaluate import Env
+from compiler.evaluate import Env, evaluate
 from compiler.layout import Layout
 from compiler.lower.quadratic import QuadraticData, extract
+from compiler.lower.transition import Transition
 from compiler.solution import Solution
+from planlang.ast import When
+from planlang.graph import NodeKind
+from runtime.ilqr import ILQRBackward, ILQROptions, ILQRProblem, ilqr
+from runtime.ilqr_derivatives import ExactDerivatives
 from runtime.lqr import lqr
+from runtime.qp import QPOptions, qp
 
 
 class Backend(Protocol):
-    def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor) -> Solution: ...
+    def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution: ...
 
 
-def _expand_stages(data: QuadraticData, batch: int, horizon: int) -> dict[str, torch.Tensor]:
-    """Time-invariant data expanded (as views) to the runtime's (B, T, ...) convention."""
-    def over_t(t):
-        return t.expand((batch,) + t.shape[1:]).unsqueeze(1).expand((batch, horizon) + t.shape[1:])
+class _Lowered:
+    """What every backend shares: the plan's layout, transition and cost expressions."""
 
-    def batched(t):
-        return t.expand((batch,) + t.shape[1:])
+    def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
+        self.graph, self.info, self.layout = graph, info, layout
+        self.horizon = info.horizon
+        self.transition = Transition(graph, layout)
+        costs = sorted((n, d) for n, d in graph.nodes(data=True) if d["kind"] is NodeKind.COST)
+        self.stage_costs = [d["ir"] for _, d in costs if d["when"] is When.STAGE]
+        self.final_costs = [d["ir"] for _, d in costs if d["when"] is When.FINAL]
+        self.numeric_stage = [NumericFunction(e, f"stage_cost_{i}") for i, e in enumerate(self.stage_costs)]
+        self.numeric_final = [NumericFunction(e, f"final_cost_{i}") for i, e in enumerate(self.final_costs)]
 
-    return dict(C=over_t(data.C), c=over_t(data.c), F=over_t(data.F), f=over_t(data.f),
-                CT=batched(data.CT), cT=batched(data.cT))
+
+# ---------------------------------------------------------------- LQR and QP
+
+def _over_stages(t: torch.Tensor, batch: int, horizon: int) -> torch.Tensor:
+    """(b, ...) time-invariant data as a (B, T, ...) view."""
+    t = t.expand((batch,) + t.shape[1:])
+    return t.unsqueeze(1).expand((batch, horizon) + t.shape[1:])
+
+
+def _lqr_data(data: QuadraticData, batch: int, horizon: int) -> dict[str, torch.Tensor]:
+    return dict(C=_over_stages(data.C, batch, horizon), c=_over_stages(data.c, batch, horizon),
+                F=_over_stages(data.F, batch, horizon), f=_over_stages(data.f, batch, horizon),
+                CT=data.CT.expand((batch,) + data.CT.shape[1:]), cT=data.cT.expand((batch,) + data.cT.shape[1:]))
 
 
 def _constant_cost(data: QuadraticData, horizon: int) -> torch.Tensor:
     return horizon * data.stage_const + data.final_const
 
 
-class LQRBackend:
+class LQRBackend(_Lowered):
     """`solve lqr`: extract (C, c, F, f, CT, cT) exactly and run the differentiable Riccati solver."""
 
-    def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
-        self.graph, self.info, self.layout = graph, info, layout
+    def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
+        data = extract(self.graph, self.layout, self.transition, env, like)
+        sol = lqr(x0, **_lqr_data(data, x0.shape[0], self.horizon))
+        return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, self.horizon), sol.status, "lqr")
 
-    def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor) -> Solution:
-        data = extract(self.graph, self.layout, env, like)
-        batch, horizon = x0.shape[0], self.info.horizon
-        sol = lqr(x0, **_expand_stages(data, batch, horizon))
-        cost = sol.cost + _constant_cost(data, horizon)
-        return Solution(sol.x, sol.u, cost, sol.status, "lqr")
+
+class QPBackend(_Lowered):
+    """`solve qp`: the same data plus stage constraints G z <= h, E z = e, by the structured IPM."""
+
+    def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
+        data = extract(self.graph, self.layout, self.transition, env, like)
+        batch, horizon = x0.shape[0], self.horizon
+        has_eq = data.E.shape[1] > 0
+        options = QPOptions(tol=self.info.options.get("tol"), max_iters=self.info.options["iters"])
+        sol = qp(x0, **_lqr_data(data, batch, horizon),
+                 G=_over_stages(data.G, batch, horizon), h=_over_stages(data.h, batch, horizon),
+                 E=_over_stages(data.E, batch, horizon) if has_eq else None,
+                 e=_over_stages(data.e, batch, horizon) if has_eq else None, options=options)
+        r = sol.residuals
+        residual = torch.maximum(torch.maximum(r.primal, r.dual), r.complementarity)
+        return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, horizon), sol.status, "qp",
+                        iterations=sol.iterations, residual=residual)
+
+
+# ---------------------------------------------------------------------- iLQR
+
+class ILQRBackend(_Lowered):
+    """`solve ilqr(...)`: callables evaluated from the typed IR; exact stage derivatives from jets."""
+
+    def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
+        super().__init__(graph, info, layout)
+        opts = info.options
+        self.options = ILQROptions(max_iters=opts["iters"], tol=opts["tol"],
+                                   backward=ILQRBackward[str(opts["backward"]).upper()])
+
+    def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
+        batch, T, layout = x0.shape[0], self.horizon, self.layout
+
+        def dynamics(x, u):
+            return self.transition.stacked({**env, **layout.numeric(x, u)}, like)
+
+        def stage_cost(x, u):
+            return self._total(self.numeric_stage, {**env, **layout.numeric(x, u)}, like, x.shape[0])
+
+        def final_cost(x):
+            return self._total(self.numeric_final, {**env, **layout.numeric(x, None)}, like, x.shape[0])
+
+        lower, upper = self._bounds(env, like)
+        problem = ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, self._exact(env, like))
+        u_init = warm if warm is not None else x0.new_zeros(batch, T, layout.m)
+        sol = ilqr(problem, x0, u_init, self.options)
+        return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual)
+
+    @staticmethod
+    def _total(functions, env, like, batch: int) -> torch.Tensor:
+        total = like.new_zeros(batch)
+        for fn in functions:
+            total = total + fn(env, like)
+        return total
+
+    def _bounds(self, env: Env, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Control limits as (b, 1, m) tensors (+-inf where a control has none)."""
+        controls = self.layout.controls
+        if all(v.lower is None for v in controls):
+            return None, None
+        lows, highs = [], []
+        for var in controls:
+            for bound, fill, out in ((var.lower, -torch.inf, lows), (var.upper, torch.inf, highs)):
+                if bound is None:
+                    out.append(like.new_full((1, var.size), fill))
+                else:
+                    value = qf.pad_rank(evaluate(bound, env, like), 1)
+                    out.append(value.expand(value.shape[0], var.size))
+        batch = max(t.shape[0] for t in lows + highs)
+        cat = lambda parts: torch.cat([p.expand(batch, -1) for p in parts], dim=1).unsqueeze(1)
+        return cat(lows), cat(highs)
+
+    def _exact(self, env: Env, like) -> ExactDerivatives:
+        """Jacobians, gradients, Hessians and dynamics curvature of all stages at once, from jets."""
+        layout, nz, n = self.layout, self.layout.n + self.layout.m, self.layout.n
+
+        def flat_env(batch: int, steps: int) -> Env:
+            return {ref: v.repeat_interleave(steps, dim=0) if v.shape[0] == batch and batch > 1 else v
+                    for ref, v in env.items()}
+
+        def stage_jets(x, u):
+            B, T = x.shape[:2]
+            return {**flat_env(B, T), **layout.jets(x.reshape(B * T, -1), u.reshape(B * T, -1))}, (B, T)
+
+        def dynamics_jacobian(x, u):
+            jets, (B, T) = stage_jets(x, u)
+            rows = [qf.coefficients(qf.pad_rank(v, 1), nz)[1] for v in self._next(jets, like)]
+            F = torch.cat([r.expand(B * T, -1, -1) for r in rows], dim=2).transpose(1, 2)
+            return F.reshape(B, T, n, nz)
+
+        def dynamics_curvature(x, u, lam):
+            jets, (B, T) = stage_jets(x, u)
+            H = torch.cat([qf.coefficients(qf.pad_rank(v, 1), nz)[2].expand(B * T, -1, -1, -1)
+                           for v in self._next(jets, like)], dim=3)
+            return 2 * torch.einsum("bijk,bk->bij", H, lam.reshape(B * T, n)).reshape(B, T, nz, nz)
+
+        def stage_cost_derivatives(x, u):
+            jets, (B, T) = stage_jets(x, u)
+            _, L, H = self._cost_jet(self.stage_costs, jets, like, nz, B * T)
+            return L.reshape(B, T, nz), (2 * H).reshape(B, T, nz, nz)
+
+        def final_cost_derivatives(xT):
+            B = xT.shape[0]
+            jets = {**flat_env(B, 1), **layout.jets(xT, None)}
+            _, L, H = self._cost_jet(self.final_costs, jets, like, nz, B)
+            return L[:, :n], 2 * H[:, :n, :n]
+
+        return ExactDerivatives(dynamics_jacobian, stage_cost_derivatives, final_cost_derivatives, dynamics_curvature)
+
+    def _next(self, jets, like) -> list[qf.Value]:
+        nxt = self.transition(jets, like)
+        return [nxt[var.ref] for var in self.layout.states]
+
+    @staticmethod
+    def _cost_jet(exprs, jets, like, nz: int, rows: int):
+        total: qf.Value = like.new_zeros(1)
+        for expr in exprs:
+            total = qf.add(total, evaluate(expr, jets, like))
+        c, L, H = qf.coefficients(total, nz)
+        return c.expand(rows), L.expand(rows, -1), H.expand(rows, -1, -1)
 
 
 BACKENDS: dict[str, Callable[[nx.DiGraph, PlanInfo, Layout], Backend]] = {
     "lqr": LQRBackend,
+    "qp": QPBackend,
+    "ilqr": ILQRBackend,
 }

@@ -142,9 +142,12 @@ class PlanModule(nn.Module):
                          f"or (B, {', '.join(map(str, shape))})".replace("(B, )", "(B,)"))
 
     # ------------------------------------------------------------------ solving
-    def forward(self, **values) -> Solution:
+    def forward(self, warm_start: torch.Tensor | None = None, **values) -> Solution:
+        """Solve from the bound values; `warm_start` (B, T, m) seeds iterative solvers' controls."""
         env, x0, like = self.bind(values)
-        sol = self.backend(env, x0, like)
+        if warm_start is not None:
+            warm_start = warm_start.to(dtype=like.dtype, device=like.device).expand(x0.shape[0], -1, -1)
+        sol = self.backend(env, x0, like, warm_start)
         sol.layout = self._solution_layout()
         return sol
 

@@ -1,8 +1,8 @@
 """Extract the LQR/QP data of a polynomial plan as differentiable torch tensors.
 
 With states and controls bound to exact linear forms in z = [x; u] (see `compiler.quadform`),
-each cost evaluates to k + c'z + 1/2 z'Cz, each dynamics row to f + F z, and each affine
-constraint to g + G z (<= 0 or == 0). Costs, dynamics and constraints are the same at every
+each cost evaluates to k + c'z + 1/2 z'Cz, the transition (dynamics, integrated if continuous)
+to f + F z, and each affine constraint to g + G z (<= 0 or == 0). Costs, dynamics and constraints are the same at every
 stage, so the data is time-invariant and expanded over the horizon by the caller.
 
 State-only constraints hold at x_1..x_T (x_0 is given): they are imposed on x_{t+1} = F z_t + f,
@@ -19,6 +19,7 @@ import torch
 from compiler import quadform as qf
 from compiler.evaluate import Env, evaluate
 from compiler.layout import Layout
+from compiler.lower.transition import Transition
 from planlang.ast import Cmp, VarKind, When
 from planlang.graph import NodeKind
 
@@ -41,7 +42,7 @@ class QuadraticData:
     e: torch.Tensor            # (B, q)
 
 
-def extract(graph: nx.DiGraph, layout: Layout, env: Env, like: torch.Tensor) -> QuadraticData:
+def extract(graph: nx.DiGraph, layout: Layout, transition: Transition, env: Env, like: torch.Tensor) -> QuadraticData:
     """Evaluate every dynamics, cost and constraint of the plan on symbolic states and controls."""
     n, nz = layout.n, layout.n + layout.m
     env = {**env, **layout.symbolic(like)}
@@ -52,10 +53,10 @@ def extract(graph: nx.DiGraph, layout: Layout, env: Env, like: torch.Tensor) -> 
     k0, L0, H0 = qf.coefficients(stage, nz)
     kT, LT, HT = qf.coefficients(final, nz)
 
-    dynamics = {d["defines"]: d["ir"] for _, d in nodes if d["kind"] is NodeKind.DYNAMICS}
+    next_states = transition(env, like)
     F_rows, f_rows = [], []
     for var in layout.states:
-        f_i, L_i = _affine_rows(evaluate(dynamics[var.ref.name], env, like), nz, var.size)
+        f_i, L_i = _affine_rows(next_states[var.ref], nz, var.size)
         F_rows.append(L_i)
         f_rows.append(f_i)
     F, f = _cat_batched(F_rows, 1), _cat_batched(f_rows, 1)

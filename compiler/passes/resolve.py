@@ -63,6 +63,11 @@ def _expressions(decl) -> list:
 _DECISION = {NodeKind.STATE, NodeKind.CONTROL}
 
 
+def _a(kind: NodeKind) -> str:
+    """The kind of a declaration with its article: 'a param', 'an input', 'a learnable'."""
+    return {NodeKind.INPUT: "an input", NodeKind.LEARN: "a learnable"}.get(kind, f"a {kind.value}")
+
+
 def _check_time_rules(data, kinds, errors: Collector) -> None:
     decl = data["decl"]
     if isinstance(decl, ast.CostDecl) and decl.when is ast.When.FINAL:
@@ -84,7 +89,7 @@ def _check_time_rules(data, kinds, errors: Collector) -> None:
         for ref in ast.names_in(expr):
             kind = kinds.get(ref.id)
             if kind is not None and kind is not NodeKind.CONST:
-                errors.add(ref.span, f"'{ref.id}' is a {kind.value}, but this must be a compile-time constant",
+                errors.add(ref.span, f"'{ref.id}' is {_a(kind)}, but this must be a compile-time constant",
                            "use numbers and `const` names here")
 
 
@@ -106,7 +111,7 @@ def _check_structure(graph: nx.DiGraph, declared: dict, errors: Collector) -> No
         decl = data["decl"]
         if graph.nodes.get(f"state:{target}") is None:
             other = declared.get(target)
-            what = f"'{target}' is a {graph.nodes[other]['kind'].value}" if other else f"there is no state '{target}'"
+            what = f"'{target}' is {_a(graph.nodes[other]['kind'])}" if other else f"there is no state '{target}'"
             errors.add(decl.state_span, f"dynamics for '{target}', but {what}",
                        did_you_mean(target, [d["name"] for _, d in graph.nodes(data=True)
                                              if d["kind"] is NodeKind.STATE]) or "dynamics define states")

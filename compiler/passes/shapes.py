@@ -18,7 +18,8 @@ from compiler.functions import FUNCTIONS, ShapeError, broadcast, _fmt
 from compiler.ir import Expr, Op, Shape, VarRef
 from compiler.passes import PassResult, annotate
 from planlang import ast
-from planlang.errors import Collector, PlanError
+from compiler.integrators import INTEGRATORS
+from planlang.errors import Collector, did_you_mean
 from planlang.graph import NodeKind
 
 NAME = "shapes"
@@ -64,6 +65,7 @@ def run(graph: nx.DiGraph) -> PassResult:
         try:
             if data["kind"] is NodeKind.DYNAMICS:
                 modified |= annotate(graph, node, "ir", typer.dynamics(decl), _fp)
+                modified |= annotate(graph, node, "integrator", typer.integrator(decl))
             elif data["kind"] is NodeKind.COST:
                 modified |= annotate(graph, node, "ir", typer.cost(decl), _fp)
             elif data["kind"] is NodeKind.CONSTRAINT:
@@ -78,6 +80,8 @@ def run(graph: nx.DiGraph) -> PassResult:
         if var is not None:
             data["shape"] = var.shape
     errors.raise_if_any()
+    _check_one_integrator(graph, errors)
+    errors.raise_if_any()
     old = graph.graph.get("plan_info")
     graph.graph["plan_info"] = info
     return PassResult(graph, modified or old is None)
@@ -85,6 +89,20 @@ def run(graph: nx.DiGraph) -> PassResult:
 
 def _fp(expr) -> str:
     return expr.as_text() if isinstance(expr, Expr) else repr(expr)
+
+
+def _check_one_integrator(graph: nx.DiGraph, errors: Collector) -> None:
+    """All states advance together: all discrete (`x' = ...`) or all `dot(x) = ... by` one integrator."""
+    dynamics = sorted((d["span"].line, d["integrator"], d["decl"]) for _, d in graph.nodes(data=True)
+                      if d["kind"] is NodeKind.DYNAMICS)
+    if not dynamics:
+        return
+    first = dynamics[0][1]
+    for _, method, decl in dynamics[1:]:
+        if method != first:
+            describe = lambda m: "discrete (x' = ...)" if m is None else f"dot(...) by {m[0]}({m[1]:g})"
+            errors.add(decl.span, f"all dynamics must advance the same way: this one is {describe(method)}, "
+                                  f"the first is {describe(first)}", "use one integrator and step for every state")
 
 
 def _const_order(graph: nx.DiGraph) -> list[str]:
@@ -173,6 +191,21 @@ class Typer:
                 raise _Located(decl.expr.span, f"dynamics of '{decl.state}' has shape {_fmt(typed.shape)}, "
                                                f"but '{decl.state}' is {_fmt(target)}")
         return typed
+
+    def integrator(self, decl: ast.DynamicsDecl) -> tuple[str, float] | None:
+        """(`rk4` | `euler`, dt) of continuous dynamics; None for discrete ones."""
+        method = decl.method
+        if method is None:
+            return None
+        if method.func not in INTEGRATORS:
+            raise _Located(method.span, f"unknown integrator '{method.func}'",
+                           did_you_mean(method.func, INTEGRATORS) or "integrators: " + ", ".join(INTEGRATORS))
+        if len(method.args) != 1 or method.keywords:
+            raise _Located(method.span, f"{method.func}() takes the step: `by {method.func}(dt)`")
+        dt = self.const_value(method.args[0])
+        if dt.numel() != 1 or not float(dt) > 0:
+            raise _Located(method.args[0].span, "the integration step must be a positive constant")
+        return method.func, float(dt)
 
     def cost(self, decl: ast.CostDecl) -> Expr:
         typed = self.expr(decl.expr)

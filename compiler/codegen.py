@@ -1,0 +1,124 @@
+"""Numeric code generation: a typed expression -> a straight-line Python function on tensors.
+
+Rollouts evaluate dynamics and costs once per stage, per line-search trial, per iteration, so
+walking the IR each time would dominate. Shapes are static, so broadcasting alignments, matmul
+cases and indices are decided here once; the generated function only calls torch. Every line
+carries a comment with the source span of the node it computes (`as_source()` shows the code).
+
+Common sub-expressions are computed once, and constant integer powers become products.
+Values are batch-first tensors (B, *shape); B may be 1 and broadcasts.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from compiler.ir import Expr, Op, VarRef
+
+_BINARY = {Op.ADD: "{} + {}", Op.SUB: "{} - {}", Op.MUL: "{} * {}", Op.DIV: "{} / {}",
+           Op.POW: "torch.pow({}, {})"}
+
+
+class NumericFunction:
+    """`fn(values: dict[VarRef, Tensor]) -> Tensor` compiled from one typed expression."""
+
+    def __init__(self, expr: Expr, name: str = "expr"):
+        self.expr = expr
+        self.variables: list[VarRef] = sorted(expr.variables(), key=str)
+        self._consts: list[torch.Tensor] = []
+        self._calls: list[Callable] = []
+        self._lines: list[str] = []
+        self._memo: dict[tuple, str] = {}
+        result = self._emit(expr)
+        args = ", ".join(f"v{i}" for i in range(len(self.variables)))
+        body = "\n".join(self._lines + [f"    return {result}"])
+        self.source = f"def {name}({args}{', ' if args else ''}K, CALL):\n{body}\n"
+        scope = {"torch": torch}
+        exec(compile(self.source, f"<planlang:{name}>", "exec"), scope)
+        self._fn = scope[name]
+        self._cache: dict[tuple, tuple] = {}
+
+    def __call__(self, values: dict[VarRef, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        key = (like.dtype, like.device)
+        consts = self._cache.get(key)
+        if consts is None:
+            consts = self._cache[key] = tuple(c.to(dtype=like.dtype, device=like.device).unsqueeze(0)
+                                              for c in self._consts)
+        return self._fn(*[values[v] for v in self.variables], consts, self._calls)
+
+    def as_source(self) -> str:
+        return self.source
+
+    # ------------------------------------------------------------------ emission
+    def _emit(self, e: Expr) -> str:
+        if e.op is Op.VAR:
+            return f"v{self.variables.index(e.attr)}"
+        if e.op is Op.CONST:
+            key = (Op.CONST, e.shape, tuple(e.attr.flatten().tolist()))
+            if key not in self._memo:
+                self._consts.append(e.attr)
+                self._memo[key] = f"K[{len(self._consts) - 1}]"
+            return self._memo[key]
+        args = [self._emit(a) for a in e.args]
+        key = (e.op, e.shape, _attr_key(e), tuple(args))
+        if key not in self._memo:
+            self._memo[key] = self._compute(e, args)
+        return self._memo[key]
+
+    def _compute(self, e: Expr, args: list[str]) -> str:
+        exponent = e.args[1] if e.op is Op.POW else None
+        if exponent is not None and exponent.op is Op.CONST and exponent.attr.numel() == 1:
+            p = float(exponent.attr)
+            base = self._pad(args[0], e.args[0].shape, len(e.shape))
+            if p == int(p) and 1 <= p <= 4:
+                return self._line(" * ".join([base] * int(p)), e)
+            return self._line(f"{base} ** {p!r}", e)
+        if e.op in _BINARY:
+            a, b = (self._pad(x, arg.shape, len(e.shape)) for x, arg in zip(args, e.args))
+            return self._line(_BINARY[e.op].format(a, b), e)
+        if e.op is Op.NEG:
+            return self._line(f"-{args[0]}", e)
+        if e.op is Op.MATMUL:
+            return self._line(_matmul(args, e.args[0].shape, e.args[1].shape), e)
+        if e.op is Op.INDEX:
+            parts = [f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s) for s in e.attr]
+            return self._line(f"{args[0]}[:, {', '.join(parts)}]", e)
+        if e.op is Op.STACK:
+            return self._line(f"torch.stack(torch.broadcast_tensors({', '.join(args)}), dim=1)", e)
+        if e.op is Op.CALL:
+            self._calls.append(e.attr.evaluate)
+            return self._line(f"CALL[{len(self._calls) - 1}]({', '.join(args)})", e)
+        raise NotImplementedError(f"no code generation rule for op {e.op.name}")
+
+    def _line(self, code: str, e: Expr) -> str:
+        name = f"t{len(self._lines)}"
+        self._lines.append(f"    {name} = {code}  # {e.span}")
+        return name
+
+    @staticmethod
+    def _pad(name: str, shape: tuple, rank: int) -> str:
+        missing = rank - len(shape)
+        if missing <= 0:
+            return name
+        return f"{name}.reshape({name}.shape[:1] + {(1,) * missing + tuple(shape)})"
+
+
+def _attr_key(e: Expr):
+    """What besides op, shape and arguments identifies a node's value."""
+    if e.op is Op.CALL:
+        return e.attr.name
+    if e.op is Op.INDEX:
+        return tuple((s.start, s.stop) if isinstance(s, slice) else s for s in e.attr)
+    return None
+
+
+def _matmul(args: list[str], a: tuple, b: tuple) -> str:
+    x, y = args
+    if len(a) == 1 and len(b) == 1:
+        return f"({x} * {y}).sum(-1)"
+    if len(a) == 2 and len(b) == 1:
+        return f"torch.matmul({x}, {y}.unsqueeze(-1)).squeeze(-1)"
+    if len(a) == 1 and len(b) == 2:
+        return f"torch.matmul({x}.unsqueeze(-2), {y}).squeeze(-2)"
+    return f"torch.matmul({x}, {y})"
