@@ -34,10 +34,14 @@ class Function:
 
 def broadcast(*shapes: Shape) -> Shape:
     """NumPy broadcasting of static shapes; raises ShapeError on mismatch."""
-    try:
-        return tuple(torch.broadcast_shapes(*[torch.Size(s) for s in shapes]))
-    except RuntimeError:
-        raise ShapeError("shapes " + ", ".join(_fmt(s) for s in shapes) + " do not broadcast") from None
+    rank = max(len(s) for s in shapes)
+    out = []
+    for axis in range(rank):
+        sizes = {s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ShapeError("shapes " + ", ".join(_fmt(s) for s in shapes) + " do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 def _fmt(shape: Shape) -> str:

@@ -51,7 +51,19 @@ def degree(v: Value) -> int:
 
 
 def _simplify(c, L, H) -> Value:
-    return c if L is None and H is None else QuadForm(c, L, H)
+    """A plain tensor when no z is left, else a QuadForm whose L and H span c's value shape.
+
+    Broadcasting can leave a coefficient with fewer value elements than c (a scalar state plus a
+    vector constant); expanding it keeps reductions (`sum`) and flattening into rows exact.
+    """
+    if L is None and H is None:
+        return c
+    shape = c.shape[1:]
+    if L is not None and L.shape[2:] != shape:
+        L = L.expand(L.shape[:2] + shape)
+    if H is not None and H.shape[3:] != shape:
+        H = H.expand(H.shape[:3] + shape)
+    return QuadForm(c, L, H)
 
 
 def map_value_axes(v: Value, fn: Callable[[torch.Tensor], torch.Tensor]) -> Value:

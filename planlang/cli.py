@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="override an initial state, input or param, e.g. --set goal=[1,0]")
     run.add_argument("--json", action="store_true", help="print the solution as JSON")
     run.add_argument("--plot", type=Path, metavar="OUT.png", help="plot states and controls over time")
-    run.add_argument("--float64", action="store_true", help="solve in float64 (default float32)")
+    run.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
+    run.add_argument("--closed-loop", type=int, metavar="N",
+                     help="run N steps of receding-horizon MPC (warm-started) instead of one open-loop solve")
+    run.add_argument("--system", type=Path, metavar="TRUE.plan",
+                     help="with --closed-loop: advance this plan's dynamics as the true system")
     run.set_defaults(handler=_run)
 
     graph = verbs.add_parser("graph", help="show the declaration graph (optionally after a compiler pass)")
@@ -77,14 +81,21 @@ def _run(args) -> int:
     import planlang
 
     plan = planlang.load(args.file)
-    dtype = torch.float64 if args.float64 else torch.float32
+    dtype = torch.float32 if args.float32 else torch.float64
     module = planlang.compile(plan, dtype=dtype)
     values = dict(parse_assignment(s) for s in args.set)
     values = {k: v.to(dtype) for k, v in values.items()}
+    if args.system and not args.closed_loop:
+        raise ValueError("--system needs --closed-loop N")
     with torch.no_grad():
-        sol = module(**values)                 # the first call also pays torch's one-time set-up
-        start = time.perf_counter()
-        sol = module(**values)
+        if args.closed_loop:
+            system = planlang.compile(planlang.load(args.system), dtype=dtype) if args.system else None
+            start = time.perf_counter()
+            sol = module.simulate(args.closed_loop, system=system, **values)
+        else:
+            sol = module(**values)             # the first call also pays torch's one-time set-up
+            start = time.perf_counter()
+            sol = module(**values)
         elapsed = time.perf_counter() - start
     if args.json:
         print(json.dumps(_solution_json(module, sol, elapsed), indent=2))
@@ -104,7 +115,7 @@ def _summary(module, sol, elapsed: float) -> str:
              f"horizon   {module.horizon}  (n={module.layout.n} states, m={module.layout.m} controls, batch {sol.x.shape[0]})",
              f"cost      {', '.join(f'{c:.6g}' for c in sol.cost.tolist())}",
              f"status    {', '.join(names)}",
-             f"time      {elapsed * 1e3:.2f} ms (warm solve)"]
+             f"time      {elapsed * 1e3:.2f} ms" + (" (warm solve)" if sol.x.shape[1] == module.horizon + 1 else "")]
     if sol.iterations is not None:
         lines.append(f"iters     {', '.join(str(i) for i in sol.iterations.tolist())}")
     for name, (which, _, _) in sol.layout.items():

@@ -44,6 +44,24 @@ class _Lowered:
         self.numeric_stage = [NumericFunction(e, f"stage_cost_{i}") for i, e in enumerate(self.stage_costs)]
         self.numeric_final = [NumericFunction(e, f"final_cost_{i}") for i, e in enumerate(self.final_costs)]
 
+    def step(self, env: Env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """x_{t+1} (B, n) from x (B, n) and u (B, m)."""
+        return self.transition.stacked({**env, **self.layout.numeric(x, u)}, like)
+
+    def stage_cost(self, env: Env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Sum of the stage costs at (x (B, n), u (B, m)): (B,)."""
+        return _total(self.numeric_stage, {**env, **self.layout.numeric(x, u)}, like, x.shape[0])
+
+    def final_cost(self, env: Env, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return _total(self.numeric_final, {**env, **self.layout.numeric(x, None)}, like, x.shape[0])
+
+
+def _total(functions, env, like, batch: int) -> torch.Tensor:
+    total = like.new_zeros(batch)
+    for fn in functions:
+        total = total + fn(env, like)
+    return total
+
 
 # ---------------------------------------------------------------- LQR and QP
 
@@ -93,38 +111,24 @@ class QPBackend(_Lowered):
 # ---------------------------------------------------------------------- iLQR
 
 class ILQRBackend(_Lowered):
-    """`solve ilqr(...)`: callables evaluated from the typed IR; exact stage derivatives from jets."""
+    """`solve ilqr(...)`: callables evaluated from the typed IR; exact stage derivatives from jets.
 
-    def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
-        super().__init__(graph, info, layout)
-        opts = info.options
-        self.options = ILQROptions(max_iters=opts["iters"], tol=opts["tol"],
-                                   backward=ILQRBackward[str(opts["backward"]).upper()])
+    The tolerance on the fixed-point residual is floored at 100 eps of the working dtype
+    (1.2e-5 in float32): below that, rounding keeps the residual from ever reaching it.
+    """
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
         batch, T, layout = x0.shape[0], self.horizon, self.layout
-
-        def dynamics(x, u):
-            return self.transition.stacked({**env, **layout.numeric(x, u)}, like)
-
-        def stage_cost(x, u):
-            return self._total(self.numeric_stage, {**env, **layout.numeric(x, u)}, like, x.shape[0])
-
-        def final_cost(x):
-            return self._total(self.numeric_final, {**env, **layout.numeric(x, None)}, like, x.shape[0])
+        opts = self.info.options
+        options = ILQROptions(max_iters=opts["iters"], tol=max(opts["tol"], 100 * torch.finfo(like.dtype).eps),
+                              backward=ILQRBackward[str(opts["backward"]).upper()])
 
         lower, upper = self._bounds(env, like)
-        problem = ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, self._exact(env, like))
+        problem = ILQRProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),
+                              lambda x: self.final_cost(env, x, like), lower, upper, self._exact(env, like))
         u_init = warm if warm is not None else x0.new_zeros(batch, T, layout.m)
-        sol = ilqr(problem, x0, u_init, self.options)
+        sol = ilqr(problem, x0, u_init, options)
         return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual)
-
-    @staticmethod
-    def _total(functions, env, like, batch: int) -> torch.Tensor:
-        total = like.new_zeros(batch)
-        for fn in functions:
-            total = total + fn(env, like)
-        return total
 
     def _bounds(self, env: Env, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Control limits as (b, 1, m) tensors (+-inf where a control has none)."""

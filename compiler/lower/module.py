@@ -151,6 +151,51 @@ class PlanModule(nn.Module):
         sol.layout = self._solution_layout()
         return sol
 
+    def step(self, x: torch.Tensor, u: torch.Tensor, **values) -> torch.Tensor:
+        """One step of the plan's dynamics: x (B, n), u (B, m) -> x' (B, n) (values bind params/inputs)."""
+        env, _, like = self.bind(values)
+        return self.backend.step(env, x.to(like.dtype), u.to(like.dtype), like)
+
+    def simulate(self, steps: int, system: "PlanModule | None" = None, **values) -> Solution:
+        """Closed-loop receding-horizon MPC for `steps` steps.
+
+        At each step the plan is solved from the current state (iterative solvers warm-started
+        with the previous controls shifted by one stage), its first control is applied, and the
+        true system advances: the plan's own dynamics, or `system`, another compiled plan with
+        the same states and controls (e.g. other masses). Returns a `Solution` of the executed
+        trajectory: x (B, steps+1, n), u (B, steps, m), the realized cost (stage costs along the
+        way plus the final cost), status (B,) the worst status over all solves, `step_status`
+        (B, steps) and iterations summed over the solves.
+        """
+        if steps < 1:
+            raise ValueError("simulate needs steps >= 1")
+        if system is not None and (system.layout.n, system.layout.m) != (self.layout.n, self.layout.m):
+            raise ValueError(f"system '{system.plan_name}' has n={system.layout.n}, m={system.layout.m}; "
+                             f"the plan has n={self.layout.n}, m={self.layout.m}")
+        env, x, like = self.bind(values)
+        true_env = env if system is None else system.bind({})[0]
+        true_backend = self.backend if system is None else system.backend
+        xs, us, statuses, iterations, warm = [x], [], [], 0, None
+        cost = like.new_zeros(x.shape[0])
+        for _ in range(steps):
+            sol = self.backend(env, x, like, warm)
+            u = sol.u[:, 0]
+            cost = cost + self.backend.stage_cost(env, x, u, like)
+            x = true_backend.step(true_env, x, u, like)
+            warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], dim=1).detach()
+            xs.append(x)
+            us.append(u)
+            statuses.append(sol.status)
+            if sol.iterations is not None:
+                iterations = iterations + sol.iterations
+        step_status = torch.stack(statuses, dim=1)
+        out = Solution(torch.stack(xs, 1), torch.stack(us, 1), cost + self.backend.final_cost(env, x, like),
+                       step_status.max(dim=1).values, f"{self.solver} (closed loop)",
+                       iterations=iterations if torch.is_tensor(iterations) else None)
+        out.layout = self._solution_layout()
+        out.step_status = step_status
+        return out
+
     def _solution_layout(self) -> dict:
         out, offsets = {}, self.layout.offsets()
         n = self.layout.n
