@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 from compiler import quadform as qf
 
 States = dict          # VarRef -> Value
@@ -15,7 +17,15 @@ Derivative = Callable[[States], States]
 
 
 def _axpy(x: States, a: float, k: States) -> States:
-    return {ref: qf.add(x[ref], qf.mul(k[ref], _scalar(x[ref], a))) for ref in x}
+    """x + a k, per state (plain tensors of equal rank take the direct path)."""
+    out = {}
+    for ref, xv in x.items():
+        kv = k[ref]
+        if isinstance(xv, torch.Tensor) and isinstance(kv, torch.Tensor) and xv.dim() == kv.dim():
+            out[ref] = xv + a * kv
+        else:
+            out[ref] = qf.add(xv, qf.mul(kv, _scalar(xv, a)))
+    return out
 
 
 def _scalar(like, a: float):

@@ -38,6 +38,12 @@ class VarRef:
     kind: VarKind
     name: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash((self.kind.value, self.name)))   # env lookups are hot
+
+    def __hash__(self) -> int:
+        return self._hash
+
     @property
     def is_decision(self) -> bool:
         return self.kind in (VarKind.STATE, VarKind.CONTROL)

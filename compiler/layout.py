@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -30,17 +31,25 @@ class Layout:
 
     def offsets(self) -> dict[VarRef, slice]:
         """Slices of z (states first, then controls)."""
-        out, start = {}, 0
+        return dict(self._slices)
+
+    @cached_property
+    def _slices(self) -> tuple[tuple[VarRef, slice], ...]:
+        out, start = [], 0
         for var in self.states + self.controls:
-            out[var.ref] = slice(start, start + var.size)
+            out.append((var.ref, slice(start, start + var.size)))
             start += var.size
-        return out
+        return tuple(out)
+
+    @cached_property
+    def _scalars(self) -> frozenset[VarRef]:
+        return frozenset(v.ref for v in self.states + self.controls if v.shape == ())
 
     def symbolic(self, like: torch.Tensor) -> dict[VarRef, qf.QuadForm]:
         """Every state and control as an exact linear form in z."""
         nz = self.n + self.m
-        return {ref: qf.QuadForm.variable(s.start, s.stop - s.start, nz, like, scalar=self._scalar(ref))
-                for ref, s in self.offsets().items()}
+        return {ref: qf.QuadForm.variable(s.start, s.stop - s.start, nz, like, scalar=ref in self._scalars)
+                for ref, s in self._slices}
 
     def jets(self, x: torch.Tensor, u: torch.Tensor | None) -> dict[VarRef, qf.QuadForm]:
         """States (and controls) as second-order jets around the numeric point (x, u): value + dz."""
@@ -52,12 +61,8 @@ class Layout:
         """Split stacked x (B, n) and u (B, m) into named values (B, *shape)."""
         z = x if u is None else torch.cat([x, u], dim=-1)
         out = {}
-        for ref, s in self.offsets().items():
+        for ref, s in self._slices:
             if s.start >= z.shape[-1]:
                 continue
-            piece = z[..., s]
-            out[ref] = piece[..., 0] if self._scalar(ref) else piece
+            out[ref] = z[..., s.start] if ref in self._scalars else z[..., s]
         return out
-
-    def _scalar(self, ref: VarRef) -> bool:
-        return next(v for v in self.states + self.controls if v.ref == ref).shape == ()
