@@ -3,22 +3,33 @@ from __future__ import annotations
 
 import torch
 
+from planlang import ast
 from planlang.errors import PlanError
 from planlang.plan import Plan, load, loads
 
 
-def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None = None):
+def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None = None,
+            solver: str | None = None):
     """Check `plan` and lower it to a differentiable `torch.nn.Module` (`PlanModule`).
 
-    `options` override the plan's solver options (e.g. `{"tol": 1e-10}`), validated like the
-    plan's own. Raises `PlanError` (with file:line:col, the line and a caret) when the plan is
-    malformed or its solver cannot take it.
+    `solver` replaces the plan's `solve` line (its options then start from their defaults);
+    `options` override solver options (e.g. `{"tol": 1e-10}`), validated like the plan's own.
+    Raises `PlanError` (with file:line:col, the line and a caret) when the plan is malformed or
+    its solver cannot take it.
     """
     from compiler.lower.module import PlanModule
     from compiler.pipeline import run_passes
 
+    graph = plan.graph
+    if solver is not None:
+        graph = graph.copy()
+        decl = graph.nodes["solve"]["decl"] if "solve" in graph else None
+        if decl is None:
+            raise ValueError("the plan has no solve line to replace")
+        graph.nodes["solve"]["decl"] = ast.SolveDecl(decl.span, solver, ())
+        graph.nodes["solve"]["solver"] = solver
     try:
-        graph = run_passes(plan.graph)
+        graph = run_passes(graph)
     except PlanError as err:
         raise err.with_source(plan.source) from None
     if options:

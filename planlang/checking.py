@@ -43,6 +43,8 @@ from planlang.ast import VarKind
 
 # ------------------------------------------------------------------- options
 
+TIGHT = {"qp": {"tol": 1e-12}, "ilqr": {"tol": 1e-12, "iters": 200}}   # iterative solvers, when checked
+
 @dataclass(frozen=True)
 class CheckOptions:
     """What `check_plan(plan, **options)` accepts."""
@@ -363,6 +365,8 @@ def check_plan(plan, **options) -> CheckReport:
     start = time.perf_counter()
     opts = CheckOptions.of(options)
     module = api.compile(plan, dtype=torch.float64)
+    if module.solver in TIGHT:          # FD of an iterative solve resolves at best its tolerance / step
+        module = api.compile(plan, dtype=torch.float64, options=TIGHT[module.solver])
     tensors = _tensors(module, opts.values or {})
     rng = np.random.default_rng(opts.seed)
     T, n, m = module.horizon, module.layout.n, module.layout.m

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     check = verbs.add_parser("check", help="compare the compiled solver with a cvxpy reference and finite differences")
     check.add_argument("file", type=Path)
     check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--cross", action="store_true",
+                       help="compare every solver that takes the plan (lqr, qp, ilqr) instead of cvxpy")
     check.set_defaults(handler=_check)
     return parser
 
@@ -160,7 +162,11 @@ def _check(args) -> int:
     import planlang
 
     plan = planlang.load(args.file)
-    report = planlang.check(plan, seed=args.seed)
+    if args.cross:
+        from planlang.cross_check import cross_check
+        report = cross_check(plan, seed=args.seed)
+    else:
+        report = planlang.check(plan, seed=args.seed)
     print(report.render())
     return EXIT_OK if report.ok else EXIT_FAIL
 

@@ -46,6 +46,12 @@ def run(graph: nx.DiGraph) -> PassResult:
     return PassResult(graph, modified)
 
 
+def accepting_solvers(graph: nx.DiGraph) -> list[str]:
+    """The solvers that take a plan (graph after classify), in order of preference."""
+    info: PlanInfo = graph.graph["plan_info"]
+    return [name for name in PREFERENCE if not _problems(graph, info, SOLVERS[name])]
+
+
 def _options(spec: SolverSpec, decl: ast.SolveDecl, errors: Collector) -> dict:
     values = {name: opt.default for name, opt in spec.options.items()}
     if decl.positional:
