@@ -90,7 +90,7 @@ def _run(args) -> int:
     if args.system and not args.closed_loop:
         raise ValueError("--system needs --closed-loop N")
     with torch.no_grad():
-        if args.closed_loop:
+        if args.closed_loop is not None:
             system = planlang.compile(planlang.load(args.system), dtype=dtype) if args.system else None
             start = time.perf_counter()
             sol = module.simulate(args.closed_loop, system=system, **values)
@@ -106,7 +106,7 @@ def _run(args) -> int:
     if args.plot:
         from planlang.plot import plot_solution
         plot_solution(module, sol, args.plot)
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if bool(sol.ok.all()) else EXIT_FAIL
 
 
@@ -117,7 +117,7 @@ def _summary(module, sol, elapsed: float) -> str:
              f"horizon   {module.horizon}  (n={module.layout.n} states, m={module.layout.m} controls, batch {sol.x.shape[0]})",
              f"cost      {', '.join(f'{c:.6g}' for c in sol.cost.tolist())}",
              f"status    {', '.join(names)}",
-             f"time      {elapsed * 1e3:.2f} ms" + (" (warm solve)" if sol.x.shape[1] == module.horizon + 1 else "")]
+             f"time      {elapsed * 1e3:.2f} ms" + (" (warm solve)" if "closed loop" not in sol.solver else "")]
     if sol.iterations is not None:
         lines.append(f"iters     {', '.join(str(i) for i in sol.iterations.tolist())}")
     for name, (which, _, _) in sol.layout.items():

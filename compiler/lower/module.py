@@ -1,7 +1,7 @@
 """`PlanModule`: a compiled plan as a `torch.nn.Module`.
 
 Learnables are `nn.Parameter`s in an unconstrained parametrization: `positive` values are
-softplus(raw) > 0 and `psd` matrices are L L' with L = tril(raw), so any optimizer step keeps
+softplus(raw) + tiny > 0 and `psd` matrices are L L' with L = tril(raw), so any optimizer step keeps
 them valid. Params and defaults are buffers. `module(**values)` binds states' initial values,
 inputs and params by name (a leading batch dimension is allowed), and returns a `Solution`.
 """
@@ -68,8 +68,8 @@ class PlanModule(nn.Module):
         """The constrained value of learnable `name` (softplus / L L' applied)."""
         var = self.info.variables[name]
         raw = self.learnables[name]
-        if var.positive:
-            return nn.functional.softplus(raw)
+        if var.positive:        # + tiny: softplus underflows to 0 for very negative raw values
+            return nn.functional.softplus(raw) + torch.finfo(raw.dtype).tiny
         if var.psd:
             L = torch.tril(raw)
             return L @ L.transpose(-1, -2)
@@ -87,19 +87,24 @@ class PlanModule(nn.Module):
         return None if buffer is None else getattr(self, buffer)
 
     # ------------------------------------------------------------------ binding
-    def bind(self, values: dict) -> tuple[dict[VarRef, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """(env, x0, like): every non-decision value batch-first, x0 (B, n), and a dtype/device witness."""
+    def bind(self, values: dict, initial_states: bool = True, like: torch.Tensor | None = None
+             ) -> tuple[dict[VarRef, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        """(env, x0, like): every non-decision value batch-first, x0 (B, n), and a dtype/device witness.
+
+        `initial_states=False` skips the states (x0 is then None): stepping the dynamics needs
+        no initial state. `like` imposes a dtype and device (default: the tensors passed in).
+        """
         accepted = self.inputs()
         for name in values:
             if name not in accepted:
                 hint = did_you_mean(name, accepted)
                 raise TypeError(f"{self.plan_name}: unexpected input '{name}'" + (f"; {hint}" if hint else "")
                                 + f" (accepted: {', '.join(accepted)})")
-        like = self._witness(values)
+        like = self._witness(values) if like is None else like
         env: dict[VarRef, torch.Tensor] = {}
         states = []
         for name, var in self.info.variables.items():
-            if var.ref.kind is VarKind.CONTROL:
+            if var.ref.kind is VarKind.CONTROL or (var.ref.kind is VarKind.STATE and not initial_states):
                 continue
             if var.ref.kind is VarKind.LEARN:
                 value = self.learned(name).to(dtype=like.dtype, device=like.device).unsqueeze(0)
@@ -113,7 +118,7 @@ class PlanModule(nn.Module):
         if len(batch) > 1:
             raise ValueError(f"{self.plan_name}: inconsistent batch sizes {sorted(batch)}")
         size = batch.pop() if batch else 1
-        x0 = torch.cat([s.expand(size, -1) for s in states], dim=1)
+        x0 = torch.cat([s.expand(size, -1) for s in states], dim=1) if states else None
         return env, x0, like
 
     def _witness(self, values: dict) -> torch.Tensor:
@@ -153,7 +158,8 @@ class PlanModule(nn.Module):
 
     def step(self, x: torch.Tensor, u: torch.Tensor, **values) -> torch.Tensor:
         """One step of the plan's dynamics: x (B, n), u (B, m) -> x' (B, n) (values bind params/inputs)."""
-        env, _, like = self.bind(values)
+        like = torch.zeros((), dtype=x.dtype, device=x.device) if x.is_floating_point() else None
+        env, _, like = self.bind(values, initial_states=False, like=like)
         return self.backend.step(env, x.to(like.dtype), u.to(like.dtype), like)
 
     def simulate(self, steps: int, system: "PlanModule | None" = None, **values) -> Solution:
@@ -173,7 +179,7 @@ class PlanModule(nn.Module):
             raise ValueError(f"system '{system.plan_name}' has n={system.layout.n}, m={system.layout.m}; "
                              f"the plan has n={self.layout.n}, m={self.layout.m}")
         env, x, like = self.bind(values)
-        true_env = env if system is None else system.bind({})[0]
+        true_env = env if system is None else system.bind({}, initial_states=False, like=like)[0]
         true_backend = self.backend if system is None else system.backend
         xs, us, statuses, iterations, warm = [x], [], [], 0, None
         cost = like.new_zeros(x.shape[0])
