@@ -1,0 +1,389 @@
+"""Differentiable batched iLQR with control limits (Tassa, Mansard & Todorov 2014).
+
+Problem (batch-first):
+
+    minimize_u  J = sum_{t<T} l(x_t, u_t) + l_T(x_T)
+    subject to  x_{t+1} = f(x_t, u_t),  x_0 = x0,  lo <= u_t <= hi
+
+    x0: (B, n)   u: (B, T, m)   x: (B, T+1, n)   lo, hi: broadcastable to (B, T, m), +-inf allowed
+    f: dynamics(x (B, n), u (B, m)) -> (B, n)
+    l: stage_cost(x (B, n), u (B, m)) -> (B,)      l_T: final_cost(x (B, n)) -> (B,)
+
+Forward (no autograd graph), per iteration, around the nominal trajectory (x̄, ū):
+
+ 1. Gauss-Newton model of every stage at once (`runtime.ilqr_derivatives`):
+        F_t = [f_x f_u] (B, T, n, N),  g_t = grad l, C_t = hess l,  g_T, C_T of l_T.
+ 2. Backward pass, v_T = g_T, V_T = C_T, for t = T-1 .. 0:
+        q_t = g_t + F_t' v_{t+1},  Q_t = C_t + F_t' V_{t+1} F_t
+        k_t = argmin { 1/2 k'(Q_uu + mu I)k + q_u'k : lo_t - ū_t <= k <= hi_t - ū_t }   (box_qp)
+        K_t = -(Q_uu + mu I)_ff^{-1} Q_ux on the free rows, 0 on the clamped rows
+        v_t = q_x + K'Q_uu k + K'q_u + Q_xu k,  V_t = Q_xx + K'Q_uu K + K'Q_ux + Q_xu K
+    predicting the change J(alpha) - J̄ ≈ alpha dV1 + alpha^2 dV2,
+        dV1 = sum_t k_t'q_u,  dV2 = 1/2 sum_t k_t'Q_uu k_t.
+ 3. Line search on the rollout u_t = clamp(ū_t + alpha k_t + K_t (x_t - x̄_t), lo, hi),
+    alpha = decay^j: each element takes the first alpha with
+    J̄ - J(alpha) >= armijo * -(alpha dV1 + alpha^2 dV2) - 10 eps max(1, |J̄|)
+    (the last term forgives differences below the rounding error of J).
+ 4. Levenberg-Marquardt mu per element: mu <- mu / factor (0 below mu_min) after an accepted
+    step, mu <- max(mu * factor, mu_min) after a rejected one or an indefinite Q_uu (the
+    backward pass is then redone), at most mu_max.
+
+An element converges (SOLVED) when its fixed-point residual ||k||_inf <= tol (default
+sqrt(eps) of the dtype), or, if cost_tol > 0, when the predicted relative decrease
+-(dV1 + dV2) / max(1, |J̄|) <= cost_tol; it then stops changing.
+Others end as MAX_ITERS after max_iters iterations, NOT_CONVEX when Q_uu stays indefinite at
+mu_max, NUMERICAL on NaN/Inf. No element is detached: every one is differentiated by the
+same formula, and its status says whether it is at a fixed point.
+
+Backward (`ILQRBackward`):
+
+  IMPLICIT (default) differentiates the first-order optimality conditions at the solution
+  tau* (Amos et al. 2018, mpc.pytorch's final LQR step). At tau* the exact second-order
+  (Newton / SQP) model of the problem is built with autograd connected to the parameters the
+  callables close over: with the costates lam (lam_T = grad l_T, lam_t = l_x + f_x' lam_{t+1}),
+        F_t,  f_t = f(z*_t) - F_t z*_t,
+        C_t = hess (l + lam_{t+1}'f)(z*_t),  c_t = grad l(z*_t) - C_t z*_t,
+  and likewise C_T, c_T. tau* solves this box-LQR, and `runtime.box_lqr.box_lqr_step`
+  returns it with the analytic LQR backward restricted to the free controls. Because the
+  Newton map is stationary at its fixed point, this is the exact derivative of tau*
+  (mpc.pytorch drops the dynamics curvature sum_i lam_i hess f_i, which is exact only for
+  affine dynamics). Where this model is not positive definite on the free controls (an
+  unconverged element, or a saddle point), that element uses the Gauss-Newton model without
+  the curvature term instead, as mpc.pytorch does, so that its gradient stays finite. Cost:
+  one extra quadratization with second derivatives of the dynamics, two Riccati
+  factorizations and one solve; memory O(T) independent of the iterations.
+  It assumes strict complementarity (a control at its bound is treated as clamped: zero
+  sensitivity except through the bound itself, which receives a gradient).
+
+  UNROLL backpropagates through every iteration (derivatives, box QPs, line searches) as
+  plain autograd: time and memory grow with iterations x line-search trials x T; exact for
+  the returned iterate, and at convergence it agrees with IMPLICIT. For comparison only.
+"""
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from runtime.box_lqr import box_lqr_step, costates, factor_free
+from runtime.box_qp import BoxQPOptions, box_qp
+from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, FinalDerivatives,
+                                      StageCost, StageDerivatives, TrajectoryFunctions)
+from runtime.status import Status
+
+
+class ILQRBackward(Enum):
+    """How gradients reach the inputs (see the module docstring)."""
+
+    IMPLICIT = "implicit"
+    UNROLL = "unroll"
+
+
+@dataclass(frozen=True)
+class ILQROptions:
+    """Iteration limit, stopping rule, line search, regularization schedule, backward mode."""
+
+    max_iters: int = 50
+    tol: Optional[float] = None       # on ||k||_inf, the fixed-point residual; None: sqrt(eps)
+    cost_tol: float = 0.0             # on the predicted relative decrease of a full step
+    line_search_steps: int = 10       # alphas 1, decay, ..., decay^(steps-1)
+    step_decay: float = 0.5
+    armijo: float = 1e-4
+    mu_min: float = 1e-6              # Levenberg-Marquardt regularization of Q_uu
+    mu_max: float = 1e10
+    mu_factor: float = 10.0
+    backward: ILQRBackward = ILQRBackward.IMPLICIT
+    qp: BoxQPOptions = BoxQPOptions()
+
+
+@dataclass(frozen=True)
+class ILQRProblem:
+    """Callables and control limits; see the module docstring for the shapes. The callables
+    must be `torch.func`-transformable (vmap, grad) and row-wise over the batch."""
+
+    dynamics: Dynamics
+    stage_cost: StageCost
+    final_cost: FinalCost
+    lower: Optional[Tensor] = None
+    upper: Optional[Tensor] = None
+    derivatives: ExactDerivatives = ExactDerivatives()
+
+
+class ILQRSolution(NamedTuple):
+    x: Tensor            # (B, T+1, n) states
+    u: Tensor            # (B, T, m)   controls
+    cost: Tensor         # (B,)        J at (x, u)
+    status: Tensor       # (B,) int64  Status
+    iterations: Tensor   # (B,) int64  iterations (backward pass + line search) taken
+    residual: Tensor     # (B,)        ||k||_inf at (x, u): 0 at a fixed point
+
+
+def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
+         options: ILQROptions = ILQROptions()) -> ILQRSolution:
+    """Solve the batch of control-limited problems from the warm start u_init (B, T, m)."""
+    _check_shapes(x0, u_init)
+    fns = TrajectoryFunctions(problem.dynamics, problem.stage_cost, problem.final_cost,
+                              problem.derivatives)
+    lo, hi = _bounds(problem, u_init)
+    unroll = options.backward is ILQRBackward.UNROLL and torch.is_grad_enabled()
+    if unroll:
+        return _iterate(fns, x0, u_init, lo, hi, options).solution
+    with torch.no_grad():
+        result = _iterate(fns, x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
+    if not torch.is_grad_enabled():
+        return result.solution
+    x, u = _implicit_step(fns, x0, result, lo, hi)
+    return result.solution._replace(x=x, u=u, cost=fns.total_cost(x, u))
+
+
+class _Policy(NamedTuple):
+    K: Tensor     # (B, T, m, n) feedback gains
+    k: Tensor     # (B, T, m)    feedforward steps
+    dV1: Tensor   # (B,)         predicted cost change: alpha dV1 + alpha^2 dV2
+    dV2: Tensor   # (B,)
+    ok: Tensor    # (B,) bool    every Q_uu (free block) positive definite
+
+
+class _Result(NamedTuple):
+    solution: ILQRSolution
+    model: StageDerivatives    # Gauss-Newton model at the returned trajectory
+    final: FinalDerivatives
+
+
+def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],
+             hi: Optional[Tensor], options: ILQROptions) -> _Result:
+    """The forward iterations of the module docstring (autograd follows if it is enabled)."""
+    B = x0.shape[0]
+    x, u = _rollout(fns, x0, u_init, lo, hi)
+    J = fns.total_cost(x, u)
+    status = torch.full((B,), int(Status.MAX_ITERS), dtype=torch.int64, device=x0.device)
+    status = torch.where(torch.isfinite(J), status, int(Status.NUMERICAL))
+    active = status == Status.MAX_ITERS
+    iterations = torch.zeros_like(status)
+    residual = torch.full_like(J, torch.nan)
+    mu = torch.zeros_like(J)
+    eps = torch.finfo(J.dtype).eps
+    tol = eps ** 0.5 if options.tol is None else options.tol
+
+    for it in range(options.max_iters + 1):
+        model = fns.stage(x[:, :-1], u)
+        final = fns.final(x[:, -1])
+        finite = _finite_per_element(*model, *final)
+        status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
+        active = active & finite
+        policy, mu = _regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
+        res = policy.k.abs().flatten(1).amax(1)
+        residual = torch.where(active, res, residual)
+        predicted = -(policy.dV1 + policy.dV2)
+        flat = predicted <= options.cost_tol * J.abs().clamp_min(1.0)
+        converged = policy.ok & ((res <= tol) | flat)
+        status = torch.where(active & ~policy.ok, int(Status.NOT_CONVEX), status)
+        status = torch.where(active & converged, int(Status.SOLVED), status)
+        active = active & policy.ok & ~converged
+        if it == options.max_iters or not bool(active.any()):
+            break
+
+        x, u, J, accepted = _line_search(fns, x0, x, u, J, policy, lo, hi, active, options)
+        iterations = iterations + active.to(iterations.dtype)
+        lower = mu / options.mu_factor
+        lower = torch.where(lower < options.mu_min, 0.0, lower)
+        higher = (mu * options.mu_factor).clamp(options.mu_min, options.mu_max)
+        mu = torch.where(active, torch.where(accepted, lower, higher), mu)
+
+    solution = ILQRSolution(x, u, J, status, iterations, residual)
+    return _Result(solution, model, final)
+
+
+def _rollout(fns: TrajectoryFunctions, x0: Tensor, u_ff: Tensor, lo: Optional[Tensor],
+             hi: Optional[Tensor], K: Optional[Tensor] = None, x_nom: Optional[Tensor] = None
+             ) -> tuple[Tensor, Tensor]:
+    """x_{t+1} = f(x_t, u_t) with u_t = clamp(u_ff_t + K_t (x_t - x_nom_t), lo_t, hi_t)."""
+    T = u_ff.shape[1]
+    u_ff = u_ff[..., None].unbind(1)
+    K = K.unbind(1) if K is not None else None
+    x_nom = x_nom.unbind(1) if x_nom is not None else None
+    lo = lo.unbind(1) if lo is not None else None
+    hi = hi.unbind(1) if hi is not None else None
+    xs, us = [x0], []
+    for t in range(T):
+        ut = u_ff[t] if K is None else torch.baddbmm(u_ff[t], K[t], (xs[-1] - x_nom[t])[..., None])
+        ut = ut.squeeze(-1)
+        if lo is not None:
+            ut = torch.clamp(ut, lo[t], hi[t])
+        us.append(ut)
+        xs.append(fns.dynamics(xs[-1], ut))
+    return torch.stack(xs, 1), torch.stack(us, 1)
+
+
+def _line_search(fns: TrajectoryFunctions, x0: Tensor, x: Tensor, u: Tensor, J: Tensor,
+                 policy: _Policy, lo: Optional[Tensor], hi: Optional[Tensor], active: Tensor,
+                 options: ILQROptions) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backtracking with a per-element accepted step; rejected elements keep (x, u, J)."""
+    slack = 10 * torch.finfo(J.dtype).eps * J.abs().clamp_min(1.0)      # rounding error of J
+    accepted = torch.zeros_like(active)
+    x_new, u_new, J_new = x, u, J
+    for j in range(options.line_search_steps):
+        alpha = options.step_decay ** j
+        x_try, u_try = _rollout(fns, x0, u + alpha * policy.k, lo, hi, policy.K, x)
+        J_try = fns.total_cost(x_try, u_try)
+        predicted = -(alpha * policy.dV1 + alpha ** 2 * policy.dV2)
+        take = active & ~accepted & (J - J_try >= options.armijo * predicted - slack)
+        x_new = torch.where(take[:, None, None], x_try, x_new)
+        u_new = torch.where(take[:, None, None], u_try, u_new)
+        J_new = torch.where(take, J_try, J_new)
+        accepted = accepted | take
+        if bool((accepted | ~active).all()):
+            break
+    return x_new, u_new, J_new, accepted
+
+
+def _regularized_backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
+                               lo: Optional[Tensor], hi: Optional[Tensor], mu: Tensor,
+                               active: Tensor, options: ILQROptions) -> tuple[_Policy, Tensor]:
+    """Backward pass; elements with an indefinite Q_uu raise their mu and are redone."""
+    policy = _backward_pass(model, final, u, lo, hi, mu, options.qp)
+    while True:
+        retry = active & ~policy.ok & (mu < options.mu_max)
+        if not bool(retry.any()):
+            return policy, mu
+        mu = torch.where(retry, (mu * options.mu_factor).clamp(options.mu_min, options.mu_max), mu)
+        again = _backward_pass(model, final, u, lo, hi, mu, options.qp)
+        policy = _Policy(*(torch.where(retry.view(-1, *[1] * (new.dim() - 1)), new, old)
+                           for new, old in zip(again, policy)))
+
+
+def _backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
+                   lo: Optional[Tensor], hi: Optional[Tensor], mu: Tensor,
+                   qp_options: BoxQPOptions) -> _Policy:
+    """Step 2 of the module docstring in homogeneous coordinates x~ = (dx, 1), z~ = (dx, 1, du):
+    the value 1/2 x~'V~x~ with V~ = [[V, v], [v', 2 s]] carries V, v and the predicted change s
+    in one matrix, and one gain K~ = [K k] maps x~ to du, so that per stage
+
+        Q~ = C~_t + F~_t' V~ F~_t,   K~ = [K k],
+        V~ <- Q~_x~x~ + Q~_x~u K~ + K~'Q~_ux~ + K~'Q~_uu K~
+
+    with C~_t = [[C_xx, g_x, C_xu], [g_x', 0, g_u'], [C_ux, g_u, C_uu]] and
+    F~_t = [[F_x, 0, F_u], [0, 1, 0]]; s accumulates dV1 + dV2."""
+    B, T, m = u.shape
+    n = final.g.shape[-1]
+    C_aug, F_aug, V = _homogeneous(model, final)
+    C_aug, F_aug, F_aug_T = C_aug.unbind(1), F_aug.unbind(1), F_aug.mT.unbind(1)
+    eye = torch.eye(m, dtype=u.dtype, device=u.device)
+    reg = mu[:, None, None] * eye
+    if lo is not None:
+        lo_step, hi_step = (lo - u).unbind(1), (hi - u).unbind(1)
+    gains, q_us, goods = [], [], []
+    for t in reversed(range(T)):
+        Q = torch.baddbmm(C_aug[t], F_aug_T[t], torch.bmm(V, F_aug[t]))
+        Q_xx, Q_xu = Q[:, :n + 1, :n + 1], Q[:, :n + 1, n + 1:]
+        Q_ux, Q_uu = Q[:, n + 1:, :n + 1], Q[:, n + 1:, n + 1:]
+        if lo is None:
+            L, info = torch.linalg.cholesky_ex(Q_uu + reg)
+            good = info == 0
+            inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
+            gain = -torch.bmm(inverse, Q_ux)                              # [K k]: (B, m, n+1)
+        else:
+            qp = box_qp(Q_uu + reg, Q_ux[..., n], lo_step[t], hi_step[t], qp_options)
+            good = qp.status <= Status.MAX_ITERS
+            gain = torch.cat((-torch.bmm(qp.free_inverse, Q_ux[..., :n]), qp.x[..., None]), -1)
+        cross = torch.bmm(Q_xu, gain)
+        V = Q_xx + cross + cross.mT + torch.bmm(gain.mT, torch.bmm(Q_uu, gain))
+        V = 0.5 * (V + V.mT)
+        gains.append(gain)
+        q_us.append(Q_ux[..., n])
+        goods.append(good)
+    gain = torch.stack(gains[::-1], 1)                                    # (B, T, m, n+1)
+    k = gain[..., n]
+    dV1 = (k * torch.stack(q_us[::-1], 1)).sum((1, 2))
+    dV2 = 0.5 * V[:, n, n] - dV1
+    ok = torch.stack(goods, 1).all(1)
+    return _Policy(gain[..., :n], k, dV1, dV2, ok)
+
+
+def _homogeneous(model: StageDerivatives, final: FinalDerivatives) -> tuple[Tensor, Tensor, Tensor]:
+    """C~ (B, T, N+1, N+1), F~ (B, T, n+1, N+1) and V~_T (B, n+1, n+1) of `_backward_pass`."""
+    F, g, C = model
+    B, T, n, N = F.shape
+    g_x, g_u = g[..., :n, None], g[..., n:, None]
+    zero = g.new_zeros(B, T, 1, 1)
+    C_aug = torch.cat((torch.cat((C[..., :n, :n], g_x, C[..., :n, n:]), -1),
+                       torch.cat((g_x.mT, zero, g_u.mT), -1),
+                       torch.cat((C[..., n:, :n], g_u, C[..., n:, n:]), -1)), -2)
+    unit = g.new_zeros(N + 1)
+    unit[n] = 1.0
+    F_aug = torch.cat((torch.cat((F[..., :n], zero.expand(B, T, n, 1), F[..., n:]), -1),
+                       unit.expand(B, T, 1, N + 1)), -2)
+    V = torch.cat((torch.cat((final.C, final.g[..., None]), -1),
+                   torch.cat((final.g[:, None, :], zero[:, 0]), -1)), -2)
+    return C_aug, F_aug, V
+
+
+def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
+                   lo: Optional[Tensor], hi: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """(x*, u*) connected to x0, the bounds and the callables' parameters (module docstring).
+    NUMERICAL elements are modelled at a finite placeholder (zeros) so that no NaN enters the
+    graph, and returned as NaN with zero gradient."""
+    sol = result.solution
+    bad = sol.status == Status.NUMERICAL
+    x = torch.where(bad[:, None, None], 0.0, sol.x)
+    u = torch.where(bad[:, None, None], 0.0, sol.u)
+    safe = (torch.where(bad.view(-1, *[1] * (d.dim() - 1)), 0.0, d)
+            for d in (result.model.F, result.model.g, result.final.g))
+    lam = costates(*safe)
+    if lo is None:
+        free = torch.ones_like(u, dtype=torch.bool)
+        clamp_value = torch.zeros_like(u)
+    else:
+        at_lo, at_hi = u <= lo, u >= hi
+        free = ~(at_lo | at_hi)
+        clamp_value = torch.where(at_lo, lo, torch.where(at_hi, hi, 0.0))
+    model = fns.stage(x[:, :-1], u)
+    final = fns.final(x[:, -1])
+    curvature = fns.curvature(x[:, :-1], u, lam[:, 1:])
+    fac = factor_free(model.C + curvature, model.F, final.C, free)
+    newton = fac.status == Status.SOLVED
+    C = model.C + torch.where(newton[:, None, None, None], curvature, 0.0)
+    if not bool(newton.all()):
+        fac = factor_free(C, model.F, final.C, free)
+    z = torch.cat((x[:, :-1], u), -1)
+    f = fns.next_states(x[:, :-1], u) - (model.F @ z[..., None]).squeeze(-1)
+    c = model.g - (C @ z[..., None]).squeeze(-1)
+    cT = final.g - (final.C @ x[:, -1, :, None]).squeeze(-1)
+    x, u = box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
+    return (torch.where(bad[:, None, None], torch.nan, x),
+            torch.where(bad[:, None, None], torch.nan, u))
+
+
+def _bounds(problem: ILQRProblem, u: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Control limits expanded to (B, T, m), or (None, None) without limits."""
+    if problem.lower is None and problem.upper is None:
+        return None, None
+    lo = -torch.inf if problem.lower is None else problem.lower
+    hi = torch.inf if problem.upper is None else problem.upper
+    lo, hi = (torch.as_tensor(b, dtype=u.dtype, device=u.device) for b in (lo, hi))
+    try:
+        return lo.expand_as(u), hi.expand_as(u)
+    except RuntimeError as err:
+        raise ValueError(f"control limits must broadcast to u {tuple(u.shape)}, got lower "
+                         f"{tuple(lo.shape)} and upper {tuple(hi.shape)}") from err
+
+
+def _check_shapes(x0: Tensor, u_init: Tensor) -> None:
+    if x0.dim() != 2 or u_init.dim() != 3 or u_init.shape[0] != x0.shape[0]:
+        raise ValueError(f"ilqr expects x0 (B, n) and u_init (B, T, m), got {tuple(x0.shape)} "
+                         f"and {tuple(u_init.shape)}")
+    if u_init.shape[1] < 1:
+        raise ValueError("ilqr needs a horizon T >= 1")
+    if x0.dtype != u_init.dtype or not x0.is_floating_point():
+        raise ValueError(f"x0 and u_init must share a floating dtype, got {x0.dtype} and "
+                         f"{u_init.dtype}")
+
+
+def _finite_per_element(*tensors: Tensor) -> Tensor:
+    """(B,) True where every tensor's row b is finite."""
+    return torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tensors]).all(0)
+
+
+def _detach(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach()
