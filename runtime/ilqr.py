@@ -13,6 +13,11 @@ Forward (no autograd graph), per iteration, around the nominal trajectory (x̄, 
 
  1. Gauss-Newton model of every stage at once (`runtime.ilqr_derivatives`):
         F_t = [f_x f_u] (B, T, n, N),  g_t = grad l, C_t = hess l,  g_T, C_T of l_T.
+    With `newton=True`, C_t also gets the dynamics curvature sum_i lam_{t+1,i} hess f_i, with
+    the costates lam of the nominal (lam_T = g_T, lam_t = g_t,x + F_t,x' lam_{t+1}): each step
+    is then a Newton (SQP) step on the reduced objective, converging quadratically near a strict
+    local minimum, for second derivatives of the dynamics and a model that may be indefinite
+    far from it (left to the regularization of step 4).
  2. Backward pass, v_T = g_T, V_T = C_T, for t = T-1 .. 0:
         q_t = g_t + F_t' v_{t+1},  Q_t = C_t + F_t' V_{t+1} F_t
         k_t = argmin { 1/2 k'(Q_uu + mu I)k + q_u'k : lo_t - ū_t <= k <= hi_t - ū_t }   (box_qp)
@@ -49,15 +54,17 @@ Backward (`ILQRBackward`):
   (mpc.pytorch drops the dynamics curvature sum_i lam_i hess f_i, which is exact only for
   affine dynamics). Where this model is not positive definite on the free controls (an
   unconverged element, or a saddle point), that element uses the Gauss-Newton model without
-  the curvature term instead, as mpc.pytorch does, so that its gradient stays finite. Cost:
-  one extra quadratization with second derivatives of the dynamics, two Riccati
-  factorizations and one solve; memory O(T) independent of the iterations.
-  It assumes strict complementarity (a control at its bound is treated as clamped: zero
-  sensitivity except through the bound itself, which receives a gradient).
+  the curvature term instead, as mpc.pytorch does, so that its gradient stays finite.
+  NUMERICAL elements return NaN with zero gradient. It assumes strict complementarity (a
+  control at its bound is treated as clamped: zero sensitivity except through the bound
+  itself, which receives a gradient). Cost: one extra quadratization with second derivatives
+  of the dynamics, one Riccati factorization (two if some element falls back) and one solve;
+  memory O(T), independent of the iterations. Skipped when autograd is disabled.
 
   UNROLL backpropagates through every iteration (derivatives, box QPs, line searches) as
-  plain autograd: time and memory grow with iterations x line-search trials x T; exact for
-  the returned iterate, and at convergence it agrees with IMPLICIT. For comparison only.
+  plain autograd: time and memory grow with iterations x line-search trials x T (about 3x
+  the time of IMPLICIT for forward + backward in benchmarks/ilqr.py); exact for the returned
+  iterate, and at convergence it agrees with IMPLICIT. For comparison only.
 """
 from dataclasses import dataclass
 from enum import Enum
@@ -93,6 +100,7 @@ class ILQROptions:
     mu_min: float = 1e-6              # Levenberg-Marquardt regularization of Q_uu
     mu_max: float = 1e10
     mu_factor: float = 10.0
+    newton: bool = False              # add the dynamics curvature to the model (step 1)
     backward: ILQRBackward = ILQRBackward.IMPLICIT
     qp: BoxQPOptions = BoxQPOptions()
 
@@ -147,7 +155,7 @@ class _Policy(NamedTuple):
 
 class _Result(NamedTuple):
     solution: ILQRSolution
-    model: StageDerivatives    # Gauss-Newton model at the returned trajectory
+    model: StageDerivatives    # last model, at the returned trajectory (its F, g give lam)
     final: FinalDerivatives
 
 
@@ -169,6 +177,9 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
     for it in range(options.max_iters + 1):
         model = fns.stage(x[:, :-1], u)
         final = fns.final(x[:, -1])
+        if options.newton:
+            lam = costates(model.F, model.g, final.g)
+            model = model._replace(C=model.C + fns.curvature(x[:, :-1], u, lam[:, 1:]))
         finite = _finite_per_element(*model, *final)
         status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
         active = active & finite

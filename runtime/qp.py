@@ -21,7 +21,7 @@ rows penalised, meets a Q_uu that is not positive definite), NUMERICAL (NaN/Inf 
 a step). Decided elements stop changing while the others iterate.
 
 Backward: implicit differentiation of the KKT conditions at the solution (Amos & Kolter, OptNet, 2017).
-With the active set A = {lam > s} the differential KKT system is the LQR with stage Hessian C_t,
+With the active set A = {lam > s} of the solution the differential KKT system is the LQR with stage Hessian C_t,
 dynamics F_t and equality rows [E_t; G_{A,t}] -- the structure of the polishing solve -- so the
 adjoint is ONE structured solve (one Riccati factorisation, O(T)): (z^, mu^, nu^, lam^) solves that
 LQR with linear terms dl/dz and zero f, x0, e, and (with sym(M) = (M + M')/2 and the duals lam, nu,
@@ -105,18 +105,17 @@ class _QPFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_x: Tensor, grad_u: Tensor, *_unused: Tensor):
         *data, x, u, s, lam, mu, nu, status = ctx.saved_tensors
-        prob, it = QPProblem(*data), Iterate(x, u, s, lam, mu, nu)
-        act = active_set(prob, it, penalty(prob))
-        grads = _adjoint_gradients(act, it, grad_x, grad_u, ctx.tol, ctx.max_sweeps)
+        prob = QPProblem(*data)
+        act = active_set(prob, Iterate(x, u, s, lam, mu, nu), penalty(prob))
+        grads = _adjoint_gradients(act, x, u, lam, mu, nu, grad_x, grad_u, ctx.tol, ctx.max_sweeps)
         usable = (status == Status.SOLVED) | (status == Status.MAX_ITERS)
         grads = [select(usable, g, torch.zeros_like(g)) for g in grads]
         return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
 
 
-def _adjoint_gradients(act: ActiveSet, it: Iterate, grad_x: Tensor, grad_u: Tensor, tol: float,
-                       max_sweeps: int) -> list[Tensor]:
+def _adjoint_gradients(act: ActiveSet, x: Tensor, u: Tensor, lam: Tensor, mu: Tensor, nu: Tensor,
+                       grad_x: Tensor, grad_u: Tensor, tol: float, max_sweeps: int) -> list[Tensor]:
     """Gradients of the loss w.r.t. (x0, C, c, F, f, CT, cT, G, h, E, e) (module docstring formulas)."""
-    x, u, lam, mu, nu = it.x, it.u, it.lam, it.mu, it.nu
     q = nu.shape[-1]
     zero_rhs = torch.zeros(act.factor.E.shape[:-1], dtype=x.dtype, device=x.device)
     adj = solve_kkt(act.factor, stage_z(grad_x, grad_u), torch.zeros_like(mu[:, 1:]), grad_x[:, -1],
@@ -150,14 +149,18 @@ def _problem(x0, C, c, F, f, CT, cT, G, h, E, e) -> QPProblem:
     if E is None:
         E = C.new_zeros(B, T, 0, N)
         e = C.new_zeros(B, T, 0)
+    p = G.shape[-2] if G.dim() == 4 else -1
+    q = E.shape[-2] if E.dim() == 4 else -1
     expected = {"C": (B, T, N, N), "c": (B, T, N), "F": (B, T, n, N), "f": (B, T, n), "CT": (B, n, n),
-                "cT": (B, n), "G": (B, T, G.shape[-2], N), "h": (B, T, G.shape[-2]),
-                "E": (B, T, E.shape[-2], N), "e": (B, T, E.shape[-2])}
+                "cT": (B, n), "G": (B, T, p, N), "h": (B, T, p), "E": (B, T, q, N), "e": (B, T, q)}
     given = {"C": C, "c": c, "F": F, "f": f, "CT": CT, "cT": cT, "G": G, "h": h, "E": E, "e": e}
     for name, tensor in given.items():
         if tuple(tensor.shape) != expected[name]:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {expected[name]} "
                              f"(B={B}, T={T}, n={n}, N=n+m={N})")
+        if tensor.dtype != x0.dtype or tensor.device != x0.device or not tensor.is_floating_point():
+            raise ValueError(f"{name} is {tensor.dtype} on {tensor.device}; every input must be a "
+                             f"floating-point tensor like x0 ({x0.dtype} on {x0.device})")
     if N <= n:
         raise ValueError(f"C is (.., {N}, {N}) but needs N = n + m > n = {n}")
     return QPProblem(x0, C, c, F, f, CT, cT, G, h, E, e)

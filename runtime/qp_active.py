@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from runtime.qp_kkt import KKTFactor, factor_kkt, matvec, solve_kkt, stage_z
-from runtime.qp_problem import Iterate, QPProblem, converged, kkt_residuals, residual_norms
+from runtime.qp_problem import Iterate, QPProblem, ResidualNorms, converged, kkt_residuals, residual_norms
 
 
 class ActiveSet(NamedTuple):
@@ -28,9 +28,11 @@ class ActiveSet(NamedTuple):
 
 
 class Polished(NamedTuple):
+    """The active-set solution of an iterate, as an iterate (s = 0 on A, lam = 0 off A)."""
+
     iterate: Iterate
-    accepted: Tensor                      # (B,) bool: a KKT point within tolerance
-    norms: tuple[Tensor, Tensor, Tensor]  # primal, dual residuals and gap (B,) of `iterate`
+    accepted: Tensor      # (B,) bool: a KKT point within tolerance
+    norms: ResidualNorms  # of `iterate`
 
 
 def active_set(prob: QPProblem, it: Iterate, rho: Tensor) -> ActiveSet:

@@ -50,6 +50,8 @@ class KKTFactor(NamedTuple):
 
 
 class KKTSolution(NamedTuple):
+    """Primal solution and multipliers of the module's KKT system."""
+
     x: Tensor   # (B,T+1,n)
     u: Tensor   # (B,T,m)
     mu: Tensor  # (B,T+1,n) costates
@@ -74,7 +76,7 @@ def stage_z(x: Tensor, u: Tensor) -> Tensor:
 def factor_kkt(H: Tensor, F: Tensor, HT: Tensor, E: Tensor, rho: Tensor) -> KKTFactor:
     """Factor the KKT system with stage Hessians H (B,T,N,N), terminal H_T (B,n,n), rows E (B,T,r,N).
 
-    rho (B,) is the multiplier-method penalty on the unit-normalised rows of E.
+    rho (B,) is the penalty on the unit-normalised rows of E in the factored Hessians H + rho E'E.
     """
     norms = torch.linalg.vector_norm(E, dim=-1)
     row_scale = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(E.dtype).tiny), torch.ones_like(norms))

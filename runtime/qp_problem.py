@@ -84,7 +84,13 @@ def kkt_residuals(prob: QPProblem, it: Iterate) -> KKTResiduals:
         initial=prob.x0 - it.x[:, 0])
 
 
-def converged(prob: QPProblem, it: Iterate, norms: tuple[Tensor, Tensor, Tensor], tol: float) -> Tensor:
+class ResidualNorms(NamedTuple):
+    primal: Tensor  # (B,) max |r_p|, |r_e|, |r_f|, |r_0|
+    dual: Tensor    # (B,) max |r_d|, |r_T|
+    gap: Tensor     # (B,) s'lam
+
+
+def converged(prob: QPProblem, it: Iterate, norms: ResidualNorms, tol: float) -> Tensor:
     """(B,) bool: primal, dual residuals and gap within tol relative to the data and the cost."""
     primal, dual, gap = norms
     primal_scale = 1 + inf_norm(prob.h, prob.e, prob.f, prob.x0)
@@ -93,10 +99,10 @@ def converged(prob: QPProblem, it: Iterate, norms: tuple[Tensor, Tensor, Tensor]
     return (primal <= tol * primal_scale) & (dual <= tol * dual_scale) & (gap <= tol * cost_scale)
 
 
-def residual_norms(r: KKTResiduals, it: Iterate) -> tuple[Tensor, Tensor, Tensor]:
-    """Primal and dual residuals and duality gap (B,) (see `IPMResult`)."""
-    return (inf_norm(r.ineq, r.eq, r.dynamics, r.initial), inf_norm(r.dual, r.final),
-            (it.s * it.lam).flatten(1).sum(1))
+def residual_norms(r: KKTResiduals, it: Iterate) -> ResidualNorms:
+    """Primal and dual residuals and duality gap (B,) at `it` with KKT residuals `r`."""
+    return ResidualNorms(inf_norm(r.ineq, r.eq, r.dynamics, r.initial), inf_norm(r.dual, r.final),
+                         (it.s * it.lam).flatten(1).sum(1))
 
 
 def multiplier_forces(prob: QPProblem, it: Iterate) -> Tensor:

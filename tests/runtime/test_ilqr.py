@@ -257,6 +257,17 @@ def test_directional_derivative_matches_finite_differences_of_resolves():
     assert torch.allclose(analytic, (plus - minus) / (2 * h), rtol=1e-6)
 
 
+def test_newton_steps_reach_the_same_solution_in_fewer_iterations():
+    x0, damping, weight = swing_data(B=4, seed=0)
+    problem = pendulum(damping, upright(4), weight, torch.tensor(-4.0), torch.tensor(4.0))
+    u_init = torch.zeros(4, 15, 1, dtype=torch.float64)
+    gauss_newton = ilqr(problem, x0, u_init, TIGHT)
+    newton = ilqr(problem, x0, u_init, ILQROptions(max_iters=200, tol=1e-11, newton=True))
+    assert (gauss_newton.status == Status.SOLVED).all() and (newton.status == Status.SOLVED).all()
+    assert torch.allclose(newton.u, gauss_newton.u, atol=1e-9)
+    assert newton.iterations.max() <= 8 < gauss_newton.iterations.max()
+
+
 # ---- per-element status, iterations and failures ---------------------------------------------
 
 def test_batch_elements_in_different_regimes():

@@ -261,3 +261,5 @@ def test_bad_shapes_raise_value_error():
         qp(**{**data, "h": data["h"][:, :2]})
     with pytest.raises(ValueError, match="both E and e"):
         qp(**data, E=data["G"])
+    with pytest.raises(ValueError, match="floating-point tensor like x0"):
+        qp(**{**data, "c": data["c"].float()})
