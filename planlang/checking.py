@@ -43,7 +43,14 @@ from planlang.ast import VarKind
 
 # ------------------------------------------------------------------- options
 
-TIGHT = {"qp": {"tol": 1e-12}, "ilqr": {"tol": 1e-12, "iters": 200}}   # iterative solvers, when checked
+def tight_options(solver: str, options: dict) -> dict | None:
+    """Solver options for checking an iterative solver: FD of a solve resolves at best its tolerance / step.
+
+    The tolerance drops to 1e-12 and the iteration budget doubles (at least 200), never below the plan's.
+    """
+    if solver not in ("qp", "ilqr"):
+        return None
+    return {"tol": 1e-12, "iters": max(2 * int(options["iters"]), 200)}
 
 @dataclass(frozen=True)
 class CheckOptions:
@@ -365,8 +372,9 @@ def check_plan(plan, **options) -> CheckReport:
     start = time.perf_counter()
     opts = CheckOptions.of(options)
     module = api.compile(plan, dtype=torch.float64)
-    if module.solver in TIGHT:          # FD of an iterative solve resolves at best its tolerance / step
-        module = api.compile(plan, dtype=torch.float64, options=TIGHT[module.solver])
+    tight = tight_options(module.solver, module.info.options)
+    if tight:
+        module = api.compile(plan, dtype=torch.float64, options=tight)
     tensors = _tensors(module, opts.values or {})
     rng = np.random.default_rng(opts.seed)
     T, n, m = module.horizon, module.layout.n, module.layout.m

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from planlang import api
-from planlang.checking import TIGHT, CheckOptions, _choose_directions, _project_autograd, _tensors, relative_error
+from planlang.checking import CheckOptions, tight_options, _choose_directions, _project_autograd, _tensors, relative_error
 
 
 @dataclass
@@ -64,7 +64,10 @@ def cross_check(plan, solvers: list[str] | None = None, tol: float = 1e-8, seed:
     rng = np.random.default_rng(seed)
     tensors = Wx = Wu = None
     for name in solvers:
-        module = api.compile(plan, dtype=torch.float64, solver=name, options=TIGHT.get(name))
+        module = api.compile(plan, dtype=torch.float64, solver=name)
+        tight = tight_options(name, module.info.options)
+        if tight:
+            module = api.compile(plan, dtype=torch.float64, solver=name, options=tight)
         if tensors is None:
             tensors = _tensors(module, {})
             _choose_directions(tensors, CheckOptions(), rng)
