@@ -82,6 +82,7 @@ class CheckOptions:
 class Verdict(Enum):
     OK = "ok"
     REFERENCE_OFF = "ok (reference off)"
+    KINK = "ok (kink)"             # not differentiable here: one-sided derivatives differ
     UNCHECKED = "unchecked"
     FAIL = "FAIL"
 
@@ -163,6 +164,10 @@ class CheckReport:
             lines.append(f"check passed: the project is right on all {len(self.rows)} quantities{extra} "
                          f"({self.seconds:.1f} s)")
         return "\n".join(lines)
+
+
+def _vec(v: np.ndarray) -> str:
+    return "[" + ", ".join(f"{x:.6g}" for x in v[:4]) + (", ..." if v.size > 4 else "") + "]"
 
 
 def _mag(v: np.ndarray | None) -> str:
@@ -291,10 +296,19 @@ def _perturbations(tensors: list[_Tensor], step: float):
             yield t, j, h, t.value + delta, t.value - delta
 
 
-def _project_fd(module, tensors, Wx, Wu, step: float) -> dict[str, np.ndarray]:
-    """Central differences of the module's forward solve: every perturbation in one batched solve."""
+@dataclass
+class _FiniteDifferences:
+    """Central differences, and the one-sided ones that reveal a kink, per tensor and direction."""
+
+    central: dict[str, np.ndarray]
+    forward: dict[str, np.ndarray]
+    backward: dict[str, np.ndarray]
+
+
+def _project_fd(module, tensors, Wx, Wu, step: float) -> _FiniteDifferences:
+    """Finite differences of the module's forward solve: every perturbation in one batched solve."""
     pairs = list(_perturbations(tensors, step))
-    batch = 2 * len(pairs)
+    batch = 2 * len(pairs) + 1                       # the last row is the nominal point
     values = {t.name: np.broadcast_to(t.value, (batch,) + t.value.shape).copy() for t in tensors}
     for p, (t, _, _, plus, minus) in enumerate(pairs):
         values[t.name][2 * p] = plus
@@ -302,13 +316,23 @@ def _project_fd(module, tensors, Wx, Wu, step: float) -> dict[str, np.ndarray]:
     with torch.no_grad():
         sol = _project_solve(module, tensors, {k: torch.from_numpy(v) for k, v in values.items()})
         loss = _torch_loss(sol, Wx, Wu).numpy()
-    out = {t.name: np.zeros(len(t.directions)) for t in tensors}
+    out = _FiniteDifferences(*({t.name: np.zeros(len(t.directions)) for t in tensors} for _ in range(3)))
     for p, (t, j, h, _, _) in enumerate(pairs):
-        out[t.name][j] = (loss[2 * p] - loss[2 * p + 1]) / (2 * h)
+        out.central[t.name][j] = (loss[2 * p] - loss[2 * p + 1]) / (2 * h)
+        out.forward[t.name][j] = (loss[2 * p] - loss[-1]) / h
+        out.backward[t.name][j] = (loss[-1] - loss[2 * p + 1]) / h
     return out
 
 
-# -------------------------------------------------------------- reference side
+def kink(forward: np.ndarray, backward: np.ndarray, mine: np.ndarray, tol: float) -> bool:
+    """One-sided derivatives differ by far more than FD error, and `mine` lies between them."""
+    scale = max(float(np.abs(forward).max(initial=0)), float(np.abs(backward).max(initial=0)), 1e-300)
+    if float(np.abs(forward - backward).max(initial=0)) <= 1e3 * tol * scale:
+        return False
+    lo, hi = np.minimum(forward, backward), np.maximum(forward, backward)
+    slack = tol * scale
+    return bool(np.all((mine >= lo - slack) & (mine <= hi + slack)))
+
 
 def _reference(graph, tensors, Wx, Wu, opts: CheckOptions):
     """(problem, nominal `Reference`, `_Side`) of the cvxpy reference; derivatives by central differences of re-solves."""
@@ -445,11 +469,11 @@ def _solution_rows(project: _Side, reference: _Side | None, problem, ref, opts: 
     return rows
 
 
-def _gradient_rows(tensors: list[_Tensor], project: _Side, fd: dict, reference: _Side | None,
+def _gradient_rows(tensors: list[_Tensor], project: _Side, fd: _FiniteDifferences, reference: _Side | None,
                    opts: CheckOptions) -> list[Row]:
     rows = []
     for t in tensors:
-        mine, arbiter = project.derivatives[t.name], fd[t.name]
+        mine, arbiter = project.derivatives[t.name], fd.central[t.name]
         theirs = None if reference is None else reference.derivatives[t.name]
         err = relative_error(mine, arbiter)
         ref_err = None if theirs is None else relative_error(theirs, arbiter)
@@ -462,6 +486,11 @@ def _gradient_rows(tensors: list[_Tensor], project: _Side, fd: dict, reference: 
                                              if np.all(np.isfinite(theirs)) else "some cvxpy re-solves failed"))
             else:
                 note = ""
+        elif kink(fd.forward[t.name], fd.backward[t.name], mine, opts.grad_tol):
+            verdict = Verdict.KINK
+            note = (f"not differentiable here: one-sided derivatives {_vec(fd.forward[t.name])} and "
+                    f"{_vec(fd.backward[t.name])} differ (e.g. a weakly active constraint); the project's "
+                    "gradient lies between them, a valid generalized gradient")
         else:
             verdict = Verdict.FAIL
             note = f"the project's gradient differs from finite differences by {err:.1e}"

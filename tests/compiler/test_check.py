@@ -272,3 +272,47 @@ def test_constraints_hold_at_their_stages():
     assert np.all(np.abs(u) <= 0.5 + 1e-8) and np.isclose(np.abs(u).max(), 0.5)   # an active box
     assert np.all(u - x[:-1, 1] <= 0.45 + 1e-8)                              # with a control: t = 0..T-1
     assert np.isclose(problem.objective(ref.x, ref.u), ref.cost)
+
+
+# ---------------------------------------------------------------- qp plans and kinks
+
+def _speed_limit(vmax: str) -> planlang.Plan:
+    text = (ROOT / "examples" / "speed_limit_qp.plan").read_text()
+    return planlang.loads(text.replace("param vmax = 0.75", f"param vmax = {vmax}"), "speed_limit_qp.plan")
+
+
+def test_qp_example_agrees_with_cvxpy_and_fd():
+    report = planlang.check(planlang.load(ROOT / "examples" / "speed_limit_qp.plan"))
+    assert report.ok, report.render()
+    assert all(row.verdict is Verdict.OK for row in report.rows), report.render()
+
+
+def test_a_degenerate_active_set_is_reported_as_a_kink():
+    """vmax = 0.8 = 8 steps of full force: the force bound and the speed limit become active together,
+    so the loss has a kink in vmax; the one-sided derivatives differ and the project's lies between."""
+    report = planlang.check(_speed_limit("0.8"))
+    row = report["dL/dvmax"]
+    assert row.verdict is Verdict.KINK, report.render()
+    assert report.ok
+    assert "one-sided derivatives" in row.note
+
+
+def test_a_gradient_outside_the_one_sided_bracket_still_fails(monkeypatch):
+    real = checking._project_autograd
+
+    def scaled(*args):
+        side = real(*args)
+        side.derivatives = {k: 1.5 * v for k, v in side.derivatives.items()}
+        return side
+
+    monkeypatch.setattr(checking, "_project_autograd", scaled)
+    report = planlang.check(_speed_limit("0.8"))
+    assert report["dL/dvmax"].verdict is Verdict.FAIL
+    assert not report.ok
+
+
+def test_kink_needs_differing_one_sided_derivatives():
+    smooth = np.array([2.0])
+    assert not checking.kink(smooth, smooth * (1 + 1e-9), smooth, 1e-5)
+    assert checking.kink(np.array([1.0]), np.array([2.0]), np.array([1.5]), 1e-5)
+    assert not checking.kink(np.array([1.0]), np.array([2.0]), np.array([3.0]), 1e-5)

@@ -107,6 +107,29 @@ def test_equality_rows_of_every_kind_match_clarabel():
         assert_matches_clarabel(sol, data, b)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_general_stage_constraints_match_clarabel(seed):
+    # Random mixed state-control rows G z <= h (and one equality row per stage for odd seeds),
+    # feasible by construction around a random rollout.
+    g = torch.Generator().manual_seed(100 + seed)
+    B, T, n, m, p = 3, 6, 3, 2, 4
+    data = box_problem(B, T, n, m, seed=seed)
+    x, zs = data["x0"], []
+    for t in range(T):
+        zs.append(torch.cat([x, 0.3 * torch.randn(B, m, generator=g, dtype=F64)], dim=-1))
+        x = (data["F"][:, t] @ zs[-1].unsqueeze(-1)).squeeze(-1) + data["f"][:, t]
+    Z = torch.stack(zs, 1).unsqueeze(-1)
+    data["G"] = torch.randn(B, T, p, n + m, generator=g, dtype=F64)
+    data["h"] = (data["G"] @ Z).squeeze(-1) + 0.1 * torch.rand(B, T, p, generator=g, dtype=F64)
+    if seed % 2:
+        data["E"] = torch.randn(B, T, 1, n + m, generator=g, dtype=F64)
+        data["e"] = (data["E"] @ Z).squeeze(-1)
+    sol = qp(**data)
+    assert sol.status.tolist() == [Status.SOLVED] * B
+    for b in range(B):
+        assert_matches_clarabel(sol, data, b)
+
+
 def test_inconsistent_equalities_are_infeasible():
     data = box_problem(2, 4, 2, 1, seed=1, bound=5.0)
     B, T, n, N = data["F"].shape
