@@ -39,12 +39,12 @@ def broadcast(*shapes: Shape) -> Shape:
     for axis in range(rank):
         sizes = {s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0} - {1}
         if len(sizes) > 1:
-            raise ShapeError("shapes " + ", ".join(_fmt(s) for s in shapes) + " do not broadcast")
+            raise ShapeError("shapes " + ", ".join(format_shape(s) for s in shapes) + " do not broadcast")
         out.append(sizes.pop() if sizes else 1)
     return tuple(out)
 
 
-def _fmt(shape: Shape) -> str:
+def format_shape(shape: Shape) -> str:
     return "scalar" if not shape else "[" + ", ".join(map(str, shape)) + "]"
 
 
@@ -78,20 +78,20 @@ def _scalar(shapes, _consts):
 
 def _vector_pair(shapes, _consts):
     if len(shapes[0]) != 1 or shapes[0] != shapes[1]:
-        raise ShapeError(f"dot expects two vectors of the same length, got {_fmt(shapes[0])} and {_fmt(shapes[1])}")
+        raise ShapeError(f"dot expects two vectors of the same length, got {format_shape(shapes[0])} and {format_shape(shapes[1])}")
     return ()
 
 
 def _quad_shape(shapes, _consts):
     v, M = shapes
     if len(v) != 1 or M != (v[0], v[0]):
-        raise ShapeError(f"quad(v, M) expects v[k] and M[k, k], got {_fmt(v)} and {_fmt(M)}")
+        raise ShapeError(f"quad(v, M) expects v[k] and M[k, k], got {format_shape(v)} and {format_shape(M)}")
     return ()
 
 
 def _diag_shape(shapes, _consts):
     if len(shapes[0]) != 1:
-        raise ShapeError(f"diag expects a vector, got {_fmt(shapes[0])}")
+        raise ShapeError(f"diag expects a vector, got {format_shape(shapes[0])}")
     return (shapes[0][0], shapes[0][0])
 
 
@@ -109,7 +109,7 @@ def _eye_shape(shapes, consts):
 
 def _cat_shape(shapes, _consts):
     if any(len(s) > 1 for s in shapes):
-        raise ShapeError("cat joins scalars and vectors, got " + ", ".join(_fmt(s) for s in shapes))
+        raise ShapeError("cat joins scalars and vectors, got " + ", ".join(format_shape(s) for s in shapes))
     return (sum(s[0] if s else 1 for s in shapes),)
 
 

@@ -132,11 +132,6 @@ def mul(a: Value, b: Value) -> Value:
     return _simplify(ac * bc, L, H)
 
 
-def scale(a: Value, t: torch.Tensor) -> Value:
-    """Elementwise product with a degree-0 tensor (e.g. division by a constant)."""
-    return mul(a, t)
-
-
 def sum_axes(v: Value, axes: tuple[int, ...]) -> Value:
     """Sum over value axes (given as non-negative indices into S)."""
     r = rank(v)

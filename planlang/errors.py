@@ -69,11 +69,6 @@ class SolveError(RuntimeError):
     """Raised by `Solution.raise_for_status()` when batch elements did not solve."""
 
 
-def error(span: Span, message: str, hint: str = "") -> PlanError:
-    """A single-diagnostic `PlanError` (the source is attached by the API)."""
-    return PlanError([Diagnostic(span, message, hint)])
-
-
 class Collector:
     """Collects diagnostics within a pass so that the user sees several at once."""
 

@@ -15,7 +15,6 @@ import networkx as nx
 
 from planlang import ast
 from planlang.errors import Collector
-from planlang.source import Span
 
 BUILTIN_NAMES = frozenset({"pi"})
 
@@ -131,6 +130,3 @@ def _is_value_name(option: ast.Keyword) -> bool:
     """Solver options like `backward=unroll` name a mode, not a declaration."""
     return not isinstance(option.value, ast.Name)
 
-
-def node_span(graph: nx.DiGraph, node_id: str) -> Span:
-    return graph.nodes[node_id]["span"]

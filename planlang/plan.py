@@ -6,7 +6,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from planlang import ast
+from planlang.ast import PlanAST
 from planlang.errors import PlanError
 from planlang.graph import build_graph
 from planlang.parser import parse
@@ -18,7 +18,7 @@ class Plan:
     """A loaded plan: its source, AST and graph (`plan.graph`, a `networkx.DiGraph`)."""
 
     source: Source
-    ast: ast.PlanAST
+    ast: PlanAST
     graph: nx.DiGraph = field(repr=False)
 
     @property

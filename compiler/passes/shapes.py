@@ -14,7 +14,7 @@ import torch
 
 from compiler.context import PlanInfo, VarInfo
 from compiler.evaluate import evaluate
-from compiler.functions import FUNCTIONS, ShapeError, broadcast, _fmt
+from compiler.functions import FUNCTIONS, ShapeError, broadcast, format_shape
 from compiler.ir import Expr, Op, Shape, VarRef
 from compiler.passes import PassResult, annotate
 from planlang import ast
@@ -147,10 +147,10 @@ class Typer:
         shape = tuple(self.size(s) for s in decl.shape)
         ref = VarRef(decl.kind, decl.name)
         if decl.kind in (ast.VarKind.STATE, ast.VarKind.CONTROL) and len(shape) > 1:
-            raise _Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {_fmt(shape)}",
+            raise _Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {format_shape(shape)}",
                            "declare it as a vector, e.g. `state x[4]`")
         if decl.psd and (len(shape) != 2 or shape[0] != shape[1]):
-            raise _Located(decl.span, f"`psd` needs a square matrix, got {_fmt(shape)}", f"declare e.g. `{decl.name}[n, n]`")
+            raise _Located(decl.span, f"`psd` needs a square matrix, got {format_shape(shape)}", f"declare e.g. `{decl.name}[n, n]`")
         if (decl.psd or decl.positive) and decl.kind is not ast.VarKind.LEARN:
             raise _Located(decl.span, "`positive` and `psd` apply to `learn` declarations",
                            "params and inputs are given by the caller")
@@ -176,7 +176,7 @@ class Typer:
             if broadcast(typed.shape, shape) != shape:
                 raise ShapeError
         except ShapeError:
-            raise _Located(span, f"{what} has shape {_fmt(typed.shape)}, but the declaration is {_fmt(shape)}") from None
+            raise _Located(span, f"{what} has shape {format_shape(typed.shape)}, but the declaration is {format_shape(shape)}") from None
         return typed
 
     def dynamics(self, decl: ast.DynamicsDecl) -> Expr:
@@ -188,8 +188,8 @@ class Typer:
             except ShapeError:
                 ok = False
             if not ok:
-                raise _Located(decl.expr.span, f"dynamics of '{decl.state}' has shape {_fmt(typed.shape)}, "
-                                               f"but '{decl.state}' is {_fmt(target)}")
+                raise _Located(decl.expr.span, f"dynamics of '{decl.state}' has shape {format_shape(typed.shape)}, "
+                                               f"but '{decl.state}' is {format_shape(target)}")
         return typed
 
     def integrator(self, decl: ast.DynamicsDecl) -> tuple[str, float] | None:
@@ -210,7 +210,7 @@ class Typer:
     def cost(self, decl: ast.CostDecl) -> Expr:
         typed = self.expr(decl.expr)
         if typed.shape != ():
-            raise _Located(decl.expr.span, f"a cost must be a scalar, got shape {_fmt(typed.shape)}",
+            raise _Located(decl.expr.span, f"a cost must be a scalar, got shape {format_shape(typed.shape)}",
                            "reduce it, e.g. sum(...) or norm(...)")
         return typed
 
@@ -253,7 +253,7 @@ class Typer:
             first = items[0].shape
             for item, src in zip(items, e.items):
                 if item.shape != first:
-                    raise _Located(src.span, f"array items must have equal shapes: {_fmt(item.shape)} vs {_fmt(first)}")
+                    raise _Located(src.span, f"array items must have equal shapes: {format_shape(item.shape)} vs {format_shape(first)}")
             return Expr(Op.STACK, tuple(items), (len(items),) + first, e.span)
         if isinstance(e, ast.Index):
             return self._index(e)
@@ -302,7 +302,7 @@ class Typer:
     def _index(self, e: ast.Index) -> Expr:
         base = self.expr(e.base)
         if len(e.indices) > len(base.shape):
-            raise _Located(e.span, f"too many indices: {len(e.indices)} for shape {_fmt(base.shape)}")
+            raise _Located(e.span, f"too many indices: {len(e.indices)} for shape {format_shape(base.shape)}")
         index, shape = [], []
         for axis, item in enumerate(e.indices):
             size = base.shape[axis]
@@ -334,9 +334,9 @@ class Typer:
 
 def _matmul_shape(e: ast.Binary, a: Shape, b: Shape) -> Shape:
     if not a or not b or len(a) > 2 or len(b) > 2:
-        raise _Located(e.span, f"@ needs vectors or matrices, got {_fmt(a)} @ {_fmt(b)}",
+        raise _Located(e.span, f"@ needs vectors or matrices, got {format_shape(a)} @ {format_shape(b)}",
                        "use * for scalar or elementwise products")
     inner_a, inner_b = a[-1], b[0]
     if inner_a != inner_b:
-        raise _Located(e.span, f"shape mismatch in @: {_fmt(a)} @ {_fmt(b)} (inner sizes {inner_a} and {inner_b} differ)")
+        raise _Located(e.span, f"shape mismatch in @: {format_shape(a)} @ {format_shape(b)} (inner sizes {inner_a} and {inner_b} differ)")
     return a[:-1] + b[1:]
