@@ -16,7 +16,7 @@ from compiler.codegen import NumericFunction
 from compiler.context import PlanInfo
 from compiler.evaluate import Env, evaluate
 from compiler.layout import Layout
-from compiler.lower.quadratic import QuadraticData, extract
+from compiler.lower.quadratic import QuadraticData, extract, sum_costs
 from compiler.lower.transition import Transition
 from compiler.solution import Solution
 from planlang.ast import When
@@ -190,10 +190,7 @@ class ILQRBackend(_Lowered):
 
     @staticmethod
     def _cost_jet(exprs, jets, like, nz: int, rows: int):
-        total: qf.Value = like.new_zeros(1)
-        for expr in exprs:
-            total = qf.add(total, evaluate(expr, jets, like))
-        c, L, H = qf.coefficients(total, nz)
+        c, L, H = qf.coefficients(sum_costs(exprs, jets, like), nz)
         return c.expand(rows), L.expand(rows, -1), H.expand(rows, -1, -1)
 
 

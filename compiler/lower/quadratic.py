@@ -48,8 +48,8 @@ def extract(graph: nx.DiGraph, layout: Layout, transition: Transition, env: Env,
     env = {**env, **layout.symbolic(like)}
     nodes = sorted(graph.nodes(data=True), key=lambda item: item[0])
 
-    stage = _sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.STAGE], env, like)
-    final = _sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.FINAL], env, like)
+    stage = sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.STAGE], env, like)
+    final = sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.FINAL], env, like)
     k0, L0, H0 = qf.coefficients(stage, nz)
     kT, LT, HT = qf.coefficients(final, nz)
 
@@ -79,7 +79,8 @@ def extract(graph: nx.DiGraph, layout: Layout, transition: Transition, env: Env,
                          F=F, f=f, G=G, h=h, E=E, e=e)
 
 
-def _sum_costs(exprs, env: Env, like: torch.Tensor) -> qf.Value:
+def sum_costs(exprs, env: Env, like: torch.Tensor) -> qf.Value:
+    """The sum of cost expressions on values (tensors or jets)."""
     total: qf.Value = torch.zeros(1, dtype=like.dtype, device=like.device)
     for expr in exprs:
         total = qf.add(total, evaluate(expr, env, like))
