@@ -44,7 +44,9 @@ SOLVERS: dict[str, SolverSpec] = {s.name: s for s in [
                dynamics_degree=None, cost_degree=None, constraints=ConstraintSupport.CONTROL_BOX, convex=False,
                options={"iters": Option(50, int, "maximum iterations", minimum=1),
                         "tol": Option(1e-6, float, "convergence tolerance", minimum=0),
-                        "backward": Option("implicit", str, "gradient mode", choices=("implicit", "unroll"))}),
+                        "backward": Option("implicit", str, "gradient mode", choices=("implicit", "unroll")),
+                        "model": Option("gauss_newton", str, "stage model: Gauss-Newton, or Newton with the "
+                                        "dynamics curvature", choices=("gauss_newton", "newton"))}),
 ]}
 
 PREFERENCE = ("lqr", "qp", "ilqr")

@@ -121,7 +121,7 @@ class ILQRBackend(_Lowered):
         batch, T, layout = x0.shape[0], self.horizon, self.layout
         opts = self.info.options
         options = ILQROptions(max_iters=opts["iters"], tol=max(opts["tol"], 100 * torch.finfo(like.dtype).eps),
-                              backward=ILQRBackward[str(opts["backward"]).upper()])
+                              backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton")
 
         lower, upper = self._bounds(env, like)
         problem = ILQRProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),

@@ -58,3 +58,17 @@ def test_learning_costs_from_demonstrations():
     losses, q, _ = example.learn(steps=150, batch=16, verbose=False)
     assert losses[-1] < 1e-3 * losses[0]
     assert torch.allclose(q, example.TRUE_Q.double(), rtol=2e-2)
+
+
+def test_ilqr_newton_model_reaches_the_same_solution():
+    """`solve ilqr(model=newton)` adds the dynamics curvature: same optimum, no more iterations."""
+    text = (ROOT / "examples" / "car_obstacle.plan").read_text()
+    plans = {model: planlang.loads(text.replace("solve ilqr(", f"solve ilqr(model={model}, "), "car.plan")
+             for model in ("gauss_newton", "newton")}
+    sols = {}
+    for model, plan in plans.items():
+        with torch.no_grad():
+            sols[model] = planlang.compile(plan, dtype=torch.float64)()
+    assert sols["newton"].ok.all() and sols["gauss_newton"].ok.all()
+    torch.testing.assert_close(sols["newton"].u, sols["gauss_newton"].u, atol=1e-5, rtol=0)
+    assert int(sols["newton"].iterations) <= int(sols["gauss_newton"].iterations)
