@@ -62,29 +62,41 @@ def factor(C: Tensor, F: Tensor, CT: Tensor) -> RiccatiFactor:
     m = N - n
     like = dict(dtype=C.dtype, device=C.device)
     Q, FV = torch.empty(T, B, N, N, **like), torch.empty(T, B, N, n, **like)
-    L, minus_K = torch.empty(T, B, m, m, **like), torch.empty(T, B, m, n, **like)
-    V = torch.empty(T + 1, B, n, n, **like)
+    L, K = torch.empty(T, B, m, m, **like), torch.empty(T, B, m, n, **like)
+    V, A_cl = torch.empty(T + 1, B, n, n, **like), torch.empty(T, B, n, n, **like)
     info = torch.empty(T, B, dtype=torch.int32, device=C.device)
     eye = torch.eye(m, **like)
+    # Products keep inner dimension N (not m) so that they run as batched BLAS rather than
+    # torch's slow small-matrix kernel: with Y = 1/2 [I; K_t] and Q_t,x = [Q_xx Q_xu],
+    # Q_t,x Y = (Q_xx + Q_xu K_t) / 2 and A_cl_t = 2 F_t Y (scaling by 2 is exact).
+    Y = torch.zeros(B, N, n, **like)
+    Y[:, :n].copy_(0.5 * torch.eye(n, **like))
     C = C.transpose(0, 1)                                                    # (T, B, N, N)
     F = F.transpose(0, 1).contiguous()                                       # (T, B, n, N)
-    A, B_u = F[..., :n], F[..., n:]
-    Q_xx, Q_xu, Q_ux, Q_uu = Q[..., :n, :n], Q[..., :n, n:], Q[..., n:, :n], Q[..., n:, n:]
     _sym(CT, out=V[T])
+    Fs, FVs, Qs, Vs, Ls, Ks, As, infos = (
+        y.unbind(0) for y in (F, FV, Q, V, L, K, A_cl, info))
+    Quu, Qux, Qx = (y.unbind(0) for y in (Q[..., n:, n:], Q[..., n:, :n], Q[..., :n, :]))
     for t in reversed(range(T)):
-        torch.bmm(F[t].mT, V[t + 1], out=FV[t])
-        _sym(torch.baddbmm(C[t], FV[t], F[t]), out=Q[t])
-        torch.linalg.cholesky_ex(Q_uu[t], out=(L[t], info[t]))
-        L[t] = torch.where(info[t, :, None, None] != 0, eye, L[t])
-        torch.cholesky_solve(Q_ux[t], L[t], out=minus_K[t])
-        _sym(torch.baddbmm(Q_xx[t], Q_xu[t], minus_K[t], alpha=-1), out=V[t])
-    A_cl = torch.baddbmm(A.flatten(0, 1), B_u.flatten(0, 1), minus_K.flatten(0, 1),
-                         alpha=-1).view(T, B, n, n)                          # A_t + B_t K_t
+        torch.bmm(Fs[t].mT, Vs[t + 1], out=FVs[t])
+        H = torch.baddbmm(C[t], FVs[t], Fs[t], beta=0.5, alpha=0.5)
+        torch.add(H, H.mT, out=Qs[t])                                        # symmetric Q_t
+        torch.linalg.cholesky_ex(Quu[t], out=(Ls[t], infos[t]))
+        Q_uu = Quu[t]
+        if infos[t].any():
+            failed = infos[t][:, None, None] != 0
+            Ls[t].copy_(torch.where(failed, eye, Ls[t]))
+            Q_uu = torch.where(failed, eye, Q_uu)
+        torch.neg(torch.linalg.solve_ex(Q_uu, Qux[t]).result, out=Ks[t])
+        torch.mul(Ks[t], 0.5, out=Y[:, n:])
+        P = torch.bmm(Qx[t], Y)
+        torch.add(P, P.mT, out=Vs[t])                                        # symmetric V_t
+        torch.baddbmm(As[t], Fs[t], Y, beta=0, alpha=2, out=As[t])          # A_t + B_t K_t
     status = _first_failure(
         fail=(info != 0).T,
         nonfinite=~torch.isfinite(torch.cat([Q.sum(dim=(-2, -1)), V[T:].sum(dim=(-2, -1))]).T),
     )
-    batch_first = (y.transpose(0, 1) for y in (F, Q, FV, L, minus_K.neg_(), V, A_cl))
+    batch_first = (y.transpose(0, 1) for y in (F, Q, FV, L, K, V, A_cl))
     return RiccatiFactor(*batch_first, status)
 
 
