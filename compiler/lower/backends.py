@@ -16,11 +16,8 @@ from compiler.codegen import NumericFunction
 from compiler.context import PlanInfo
 from compiler.evaluate import Env, evaluate
 from compiler.layout import Layout
-from compiler.lower.quadratic import QuadraticData, extract, sum_costs
-from compiler.lower.transition import Transition
+from compiler.lower.quadratic import PlanParts, QuadraticData, extract, sum_costs
 from compiler.solution import Solution
-from planlang.ast import When
-from planlang.graph import NodeKind
 from runtime.ilqr import ILQRBackward, ILQROptions, ILQRProblem, ilqr
 from runtime.ilqr_derivatives import ExactDerivatives
 from runtime.lqr import lqr
@@ -35,12 +32,10 @@ class _Lowered:
     """What every backend shares: the plan's layout, transition and cost expressions."""
 
     def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
-        self.graph, self.info, self.layout = graph, info, layout
-        self.horizon = info.horizon
-        self.transition = Transition(graph, layout)
-        costs = sorted((n, d) for n, d in graph.nodes(data=True) if d["kind"] is NodeKind.COST)
-        self.stage_costs = [d["ir"] for _, d in costs if d["when"] is When.STAGE]
-        self.final_costs = [d["ir"] for _, d in costs if d["when"] is When.FINAL]
+        self.info, self.layout, self.horizon = info, layout, info.horizon
+        self.parts = PlanParts.of(graph, layout)
+        self.transition = self.parts.transition
+        self.stage_costs, self.final_costs = self.parts.stage_costs, self.parts.final_costs
         self.numeric_stage = [NumericFunction(e, f"stage_cost_{i}") for i, e in enumerate(self.stage_costs)]
         self.numeric_final = [NumericFunction(e, f"final_cost_{i}") for i, e in enumerate(self.final_costs)]
 
@@ -85,7 +80,7 @@ class LQRBackend(_Lowered):
     """`solve lqr`: extract (C, c, F, f, CT, cT) exactly and run the differentiable Riccati solver."""
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
-        data = extract(self.graph, self.layout, self.transition, env, like)
+        data = extract(self.parts, env, like)
         sol = lqr(x0, **_lqr_data(data, x0.shape[0], self.horizon))
         return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, self.horizon), sol.status, "lqr")
 
@@ -94,7 +89,7 @@ class QPBackend(_Lowered):
     """`solve qp`: the same data plus stage constraints G z <= h, E z = e, by the structured IPM."""
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
-        data = extract(self.graph, self.layout, self.transition, env, like)
+        data = extract(self.parts, env, like)
         batch, horizon = x0.shape[0], self.horizon
         has_eq = data.E.shape[1] > 0
         options = QPOptions(tol=self.info.options.get("tol"), max_iters=self.info.options["iters"])

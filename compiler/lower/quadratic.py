@@ -18,6 +18,7 @@ import torch
 
 from compiler import quadform as qf
 from compiler.evaluate import Env, evaluate
+from compiler.ir import Expr
 from compiler.layout import Layout
 from compiler.lower.transition import Transition
 from planlang.ast import Cmp, VarKind, When
@@ -42,18 +43,37 @@ class QuadraticData:
     e: torch.Tensor            # (B, q)
 
 
-def extract(graph: nx.DiGraph, layout: Layout, transition: Transition, env: Env, like: torch.Tensor) -> QuadraticData:
+@dataclass(frozen=True)
+class PlanParts:
+    """The expressions lowering evaluates, gathered once at compile time (in node-id order)."""
+
+    layout: Layout
+    transition: Transition
+    stage_costs: tuple[Expr, ...]
+    final_costs: tuple[Expr, ...]
+    constraints: tuple[tuple[Expr, Cmp, bool], ...]     # (ir, LE or EQ, involves a control)
+
+    @staticmethod
+    def of(graph: nx.DiGraph, layout: Layout) -> "PlanParts":
+        nodes = [d for _, d in sorted(graph.nodes(data=True), key=lambda item: item[0])]
+        costs = [d for d in nodes if d["kind"] is NodeKind.COST]
+        constraints = tuple((d["ir"], d["sense"], any(r.kind is VarKind.CONTROL for r in d["ir"].variables()))
+                            for d in nodes if d["kind"] is NodeKind.CONSTRAINT)
+        return PlanParts(layout, Transition(graph, layout),
+                         tuple(d["ir"] for d in costs if d["when"] is When.STAGE),
+                         tuple(d["ir"] for d in costs if d["when"] is When.FINAL), constraints)
+
+
+def extract(parts: PlanParts, env: Env, like: torch.Tensor) -> QuadraticData:
     """Evaluate every dynamics, cost and constraint of the plan on symbolic states and controls."""
+    layout = parts.layout
     n, nz = layout.n, layout.n + layout.m
     env = {**env, **layout.symbolic(like)}
-    nodes = sorted(graph.nodes(data=True), key=lambda item: item[0])
 
-    stage = sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.STAGE], env, like)
-    final = sum_costs([d["ir"] for _, d in nodes if d["kind"] is NodeKind.COST and d["when"] is When.FINAL], env, like)
-    k0, L0, H0 = qf.coefficients(stage, nz)
-    kT, LT, HT = qf.coefficients(final, nz)
+    k0, L0, H0 = qf.coefficients(sum_costs(parts.stage_costs, env, like), nz)
+    kT, LT, HT = qf.coefficients(sum_costs(parts.final_costs, env, like), nz)
 
-    next_states = transition(env, like)
+    next_states = parts.transition(env, like)
     F_rows, f_rows = [], []
     for var in layout.states:
         f_i, L_i = _affine_rows(next_states[var.ref], nz, var.size)
@@ -62,11 +82,9 @@ def extract(graph: nx.DiGraph, layout: Layout, transition: Transition, env: Env,
     F, f = _cat_batched(F_rows, 1), _cat_batched(f_rows, 1)
 
     ineq, eq = [], []
-    for _, data in nodes:
-        if data["kind"] is NodeKind.CONSTRAINT:
-            rows = _affine_rows(evaluate(data["ir"], env, like), nz)
-            controls = any(r.kind is VarKind.CONTROL for r in data["ir"].variables())
-            (eq if data["sense"] is Cmp.EQ else ineq).append((rows, controls))
+    for ir, sense, controls in parts.constraints:
+        rows = _affine_rows(evaluate(ir, env, like), nz)
+        (eq if sense is Cmp.EQ else ineq).append((rows, controls))
     for var in layout.states + layout.controls:
         if var.lower is not None:
             value = env[var.ref] if var.shape else qf.unsqueeze(env[var.ref], 0)
