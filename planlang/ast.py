@@ -74,6 +74,23 @@ class Binary:
 
 
 @dataclass(frozen=True)
+class String:
+    """A string literal (file names, environment ids, import paths); `value` without quotes."""
+
+    span: Span
+    value: str
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """`base.name`, e.g. `other.x` in a pairwise energy."""
+
+    span: Span
+    base: "Expr"
+    name: str
+
+
+@dataclass(frozen=True)
 class Keyword:
     span: Span
     name: str
@@ -108,7 +125,7 @@ class Index:
     indices: tuple["Expr | Slice", ...]
 
 
-Expr = Union[Number, Name, Unary, Binary, Call, Array, Index]
+Expr = Union[Number, String, Name, Unary, Binary, Call, Array, Index, Attribute]
 
 
 def walk(expr: "Expr | Slice | Keyword"):
@@ -129,6 +146,8 @@ def walk(expr: "Expr | Slice | Keyword"):
         children = tuple(e for e in (expr.start, expr.stop) if e is not None)
     elif isinstance(expr, Keyword):
         children = (expr.value,)
+    elif isinstance(expr, Attribute):
+        children = (expr.base,)
     for child in children:
         yield from walk(child)
 
@@ -144,6 +163,10 @@ def to_text(expr: "Expr | Slice") -> str:
         return repr(int(expr.value)) if expr.is_int else repr(expr.value)
     if isinstance(expr, Name):
         return expr.id
+    if isinstance(expr, String):
+        return f'"{expr.value}"'
+    if isinstance(expr, Attribute):
+        return f"{_atom_text(expr.base)}.{expr.name}"
     if isinstance(expr, Unary):
         return f"{expr.op.value}{_atom_text(expr.operand)}"
     if isinstance(expr, Binary):
@@ -237,7 +260,65 @@ class SolveDecl:
     positional: tuple[Expr, ...] = ()
 
 
-Decl = Union[VarDecl, ConstDecl, HorizonDecl, DynamicsDecl, CostDecl, ConstraintDecl, SolveDecl]
+@dataclass(frozen=True)
+class LetDecl:
+    """`let name = expr`: a local definition, evaluated at the current stage where it is used."""
+
+    span: Span
+    name: str
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class GuessDecl:
+    """`guess u = expr`: the initial controls of iterative solvers (constant or per stage)."""
+
+    span: Span
+    target: str
+    target_span: Span
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class BlockDecl:
+    """`block name = kind(option=value, ...)`: a learnable neural block, callable in expressions."""
+
+    span: Span
+    name: str
+    spec: Call
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One line `name value` or `name = value` inside a `{ ... }` block."""
+
+    span: Span
+    name: str
+    value: "Expr | None"
+
+
+@dataclass(frozen=True)
+class BracedDecl:
+    """`keyword ["label"] { setting* }`, e.g. `train { ... }` or `env "Pendulum-v1" { ... }`."""
+
+    span: Span
+    keyword: str
+    label: "String | None"
+    settings: tuple[Setting, ...]
+
+
+@dataclass(frozen=True)
+class ContinualDecl:
+    """`continual block by method(...) + method(...)`."""
+
+    span: Span
+    block: str
+    block_span: Span
+    methods: tuple[Call, ...]
+
+
+Decl = Union[VarDecl, ConstDecl, HorizonDecl, DynamicsDecl, CostDecl, ConstraintDecl, SolveDecl,
+             LetDecl, GuessDecl, BlockDecl, BracedDecl, ContinualDecl]
 
 
 @dataclass(frozen=True)

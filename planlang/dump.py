@@ -6,6 +6,7 @@ import json
 import networkx as nx
 
 from planlang import ast
+from planlang.declarations import declaration_of
 
 _SKIP = {"decl", "span", "expr", "unresolved", "ir", "kind", "when", "sense"}
 
@@ -39,18 +40,7 @@ def node_record(graph: nx.DiGraph, node: str) -> dict:
 
 
 def _decl_text(decl) -> str:
-    if isinstance(decl, (ast.DynamicsDecl, ast.CostDecl)):
-        return ast.to_text(decl.expr)
-    if isinstance(decl, ast.ConstraintDecl):
-        return f"{ast.to_text(decl.lhs)} {decl.cmp.value} {ast.to_text(decl.rhs)}"
-    if isinstance(decl, (ast.ConstDecl, ast.HorizonDecl)):
-        return ast.to_text(decl.value)
-    if isinstance(decl, ast.VarDecl) and decl.init is not None:
-        return ast.to_text(decl.init)
-    if isinstance(decl, ast.SolveDecl):
-        opts = ", ".join(f"{k.name}={ast.to_text(k.value)}" for k in decl.options)
-        return f"{decl.solver}({opts})" if opts else decl.solver
-    return ""
+    return "" if decl is None else declaration_of(decl).text(decl)
 
 
 def to_dict(graph: nx.DiGraph) -> dict:

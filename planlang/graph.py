@@ -9,33 +9,14 @@ x at t+1 is not a use of x at t).
 """
 from __future__ import annotations
 
-from enum import Enum
-
 import networkx as nx
 
 from planlang import ast
+from planlang.declarations import VALUE_KINDS, NodeKind, declaration_of
 from planlang.errors import Collector
 
 BUILTIN_NAMES = frozenset({"pi"})
-
-
-class NodeKind(Enum):
-    PLAN = "plan"
-    CONST = "const"
-    HORIZON = "horizon"
-    STATE = "state"
-    CONTROL = "control"
-    PARAM = "param"
-    INPUT = "input"
-    LEARN = "learn"
-    DYNAMICS = "dynamics"
-    COST = "cost"
-    CONSTRAINT = "constraint"
-    SOLVE = "solve"
-
-
-_VAR_NODE_KIND = {k: NodeKind(k.value) for k in ast.VarKind}
-NAMED_KINDS = frozenset({NodeKind.CONST, *_VAR_NODE_KIND.values()})
+NAMED_KINDS = VALUE_KINDS
 
 
 def build_graph(plan: ast.PlanAST) -> nx.DiGraph:
@@ -45,48 +26,34 @@ def build_graph(plan: ast.PlanAST) -> nx.DiGraph:
     names: dict[str, str] = {}          # declared name -> node id
     counters: dict[str, int] = {}
 
-    def add(node_id: str, kind: NodeKind, decl, name=None, expr=None, **attrs) -> None:
-        clash = names.get(name) if name is not None else (node_id if node_id in graph else None)
-        if clash is not None:
-            first = graph.nodes[clash]["span"]
-            what = f"'{name}'" if name else f"`{kind.value}` declaration"
-            errors.add(decl.span, f"duplicate {what} (first declared at {first})",
-                       "names are unique in a plan; rename or remove one")
-            return
-        graph.add_node(node_id, kind=kind, name=name, span=decl.span, decl=decl, expr=expr, **attrs)
-        if name is not None:
-            names[name] = node_id
-
     def ordinal(prefix: str) -> str:
         counters[prefix] = counters.get(prefix, 0) + 1
         return f"{prefix}#{counters[prefix]}"
 
     for decl in plan.decls:
-        if isinstance(decl, ast.VarDecl):
-            kind = _VAR_NODE_KIND[decl.kind]
-            add(f"{kind.value}:{decl.name}", kind, decl, decl.name, decl.init, shape=tuple(s.value for s in decl.shape))
-        elif isinstance(decl, ast.ConstDecl):
-            add(f"const:{decl.name}", NodeKind.CONST, decl, decl.name, decl.value)
-        elif isinstance(decl, ast.HorizonDecl):
-            add("horizon", NodeKind.HORIZON, decl, None, decl.value)
-        elif isinstance(decl, ast.DynamicsDecl):
-            add(f"dynamics:{decl.state}", NodeKind.DYNAMICS, decl, None, decl.expr, defines=decl.state)
-        elif isinstance(decl, ast.CostDecl):
-            node_id = f"cost:{decl.name}" if decl.name else ordinal(f"cost:{decl.when.value}")
-            add(node_id, NodeKind.COST, decl, decl.name, decl.expr, when=decl.when)
-        elif isinstance(decl, ast.ConstraintDecl):
-            add(ordinal("constraint"), NodeKind.CONSTRAINT, decl, None, None)
-        elif isinstance(decl, ast.SolveDecl):
-            add("solve", NodeKind.SOLVE, decl, None, None, solver=decl.solver)
+        kind = declaration_of(decl)
+        node_id, name = kind.node_id(decl, ordinal), kind.name(decl)
+        clash = names.get(name) if name is not None else (node_id if node_id in graph else None)
+        if clash is not None:
+            first = graph.nodes[clash]["span"]
+            what = f"'{name}'" if name else f"`{kind.kind.value}` declaration"
+            errors.add(decl.span, f"duplicate {what} (first declared at {first})",
+                       "names are unique in a plan; rename or remove one")
+            continue
+        graph.add_node(node_id, kind=kind.kind, name=name, span=decl.span, decl=decl, expr=kind.expr(decl),
+                       **kind.attrs(decl))
+        if name is not None:
+            names[name] = node_id
     errors.raise_if_any()
 
     values = {name: node for name, node in names.items() if graph.nodes[node]["kind"] in NAMED_KINDS}
+    blocks = {name: node for name, node in names.items() if graph.nodes[node]["kind"] is NodeKind.BLOCK}
     for node_id, data in list(graph.nodes(data=True)):
         unresolved = []
-        for ref in _references(data["decl"]):
-            target = values.get(ref.id)
+        for ref, required in _references(data["decl"], blocks):
+            target = values.get(ref.id) or blocks.get(ref.id)
             if target is None:
-                if ref.id not in BUILTIN_NAMES:
+                if required and ref.id not in BUILTIN_NAMES:
                     unresolved.append(ref)
                 continue
             if graph.has_edge(target, node_id):
@@ -100,33 +67,28 @@ def build_graph(plan: ast.PlanAST) -> nx.DiGraph:
     return graph
 
 
-def _references(decl) -> list[ast.Name]:
-    """Every name a declaration uses, including `const` names in declared sizes."""
-    if decl is None:
-        return []
-    refs: list[ast.Name] = []
-    if isinstance(decl, ast.VarDecl):
-        refs += [ast.Name(s.span, s.value) for s in decl.shape if isinstance(s.value, str)]
-        refs += ast.names_in(decl.init)
-        if decl.bounds:
-            refs += ast.names_in(decl.bounds[0]) + ast.names_in(decl.bounds[1])
-    elif isinstance(decl, (ast.ConstDecl, ast.HorizonDecl)):
-        refs += ast.names_in(decl.value)
-    elif isinstance(decl, ast.DynamicsDecl):
-        refs += ast.names_in(decl.expr)
-        if decl.method is not None:
-            refs += [n for a in decl.method.args + tuple(k.value for k in decl.method.keywords)
-                     for n in ast.names_in(a)]
-    elif isinstance(decl, ast.CostDecl):
-        refs += ast.names_in(decl.expr)
-    elif isinstance(decl, ast.ConstraintDecl):
-        refs += ast.names_in(decl.lhs) + ast.names_in(decl.rhs)
-    elif isinstance(decl, ast.SolveDecl):
-        refs += [n for k in decl.options for n in ast.names_in(k.value) if _is_value_name(k)]
+def _references(decl, blocks: dict[str, str]) -> list[tuple[ast.Name, bool]]:
+    """(name, must resolve) for every name a declaration uses: its values, the sizes it declares,
+    the blocks it calls, and the names in its options (which may instead be symbols such as `cg`)."""
+    kind = declaration_of(decl)
+    refs = [(n, True) for n in kind.compile_time_names(decl) if n not in ast.names_in(kind.expr(decl))]
+    for expr in kind.values(decl):
+        refs += [(n, True) for n in ast.names_in(expr)]
+        refs += [(ast.Name(c.span, c.func), False) for c in ast.walk(expr)
+                 if isinstance(c, ast.Call) and c.func in blocks]
+    refs += [ref for expr in kind.options(decl) for ref in _option_names(expr)]
+    if isinstance(decl, ast.ContinualDecl):
+        refs.append((ast.Name(decl.block_span, decl.block), True))
     return refs
 
 
-def _is_value_name(option: ast.Keyword) -> bool:
-    """Solver options like `backward=unroll` name a mode, not a declaration."""
-    return not isinstance(option.value, ast.Name)
-
+def _option_names(expr) -> list[tuple[ast.Name, bool]]:
+    """Names in an option value: a bare name (or one inside a structured value such as
+    `implicit(cg, iters=20)` or `[a, b]`) may be a symbol; names inside arithmetic must resolve."""
+    if isinstance(expr, ast.Name):
+        return [(expr, False)]
+    if isinstance(expr, ast.Call):
+        return [r for a in list(expr.args) + [k.value for k in expr.keywords] for r in _option_names(a)]
+    if isinstance(expr, ast.Array):
+        return [r for item in expr.items for r in _option_names(item)]
+    return [(n, True) for n in ast.names_in(expr)]

@@ -14,7 +14,7 @@ from planlang.source import Source, Span
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 KEYWORDS = ("plan", "const", "horizon", "state", "control", "param", "input", "learn",
-            "dynamics", "cost", "constraint", "solve")
+            "dynamics", "cost", "constraint", "solve", "let", "guess", "block", "train", "env", "continual")
 _OPEN = {"(": ")", "[": "]"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 
@@ -94,8 +94,10 @@ def _describe(err: lark.exceptions.UnexpectedInput, text: str) -> Diagnostic:
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = text[err.pos_in_stream]
         span = Span(err.line, err.column, err.line, err.column + 1)
-        if char in "\"'":
-            return Diagnostic(span, f"unexpected quote {char}", "strings are only allowed as doc strings (\"\"\"...\"\"\")")
+        if char == "'":
+            return Diagnostic(span, "unexpected quote '", "strings use double quotes: \"...\"")
+        if char == '"':
+            return Diagnostic(span, "unclosed string", "a string ends with \" on the same line")
         return Diagnostic(span, f"unexpected character '{char}'", "")
     tok: Token = err.token
     expected = set(err.interactive_parser.accepts()) if isinstance(err, lark.exceptions.UnexpectedToken) else set()
@@ -225,7 +227,38 @@ class _ToAST(Transformer):
         return ast.SolveDecl(_span(meta), str(name), tuple(a for a in args if isinstance(a, ast.Keyword)),
                              tuple(a for a in args if not isinstance(a, ast.Keyword)))
 
+    def let_decl(self, meta, children):
+        return ast.LetDecl(_span(meta), str(children[0]), children[1])
+
+    def guess_decl(self, meta, children):
+        name, expr = children
+        return ast.GuessDecl(_span(meta), str(name), _token_span(name), expr)
+
+    def block_decl(self, meta, children):
+        return ast.BlockDecl(_span(meta), str(children[0]), children[1])
+
+    def continual_decl(self, meta, children):
+        name, *methods = children
+        return ast.ContinualDecl(_span(meta), str(name), _token_span(name),
+                                 tuple(m for m in methods if isinstance(m, ast.Call)))
+
+    def braced_decl(self, meta, children):
+        keyword, label, *settings = children
+        label = ast.String(_token_span(label), str(label)[1:-1]) if label is not None else None
+        return ast.BracedDecl(_span(meta), str(keyword), label, tuple(settings))
+
+    def setting(self, meta, children):
+        name, value = children
+        return ast.Setting(_span(meta), str(name), value)
+
     # expressions
+    def string(self, meta, children):
+        return ast.String(_span(meta), str(children[0])[1:-1])
+
+    def attribute(self, meta, children):
+        base, name = children
+        return ast.Attribute(_span(meta), base, str(name))
+
     def number(self, meta, children):
         tok = children[0]
         return ast.Number(_span(meta), float(tok), is_int=tok.isdigit())

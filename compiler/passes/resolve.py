@@ -11,6 +11,7 @@ from compiler.functions import FUNCTIONS
 from compiler.passes import PassResult
 from planlang import ast
 from planlang.errors import Collector, did_you_mean
+from planlang.declarations import declaration_of
 from planlang.graph import BUILTIN_NAMES, NAMED_KINDS, NodeKind
 from planlang.source import Span
 
@@ -49,15 +50,7 @@ def _calls(decl) -> list[ast.Call]:
 
 
 def _expressions(decl) -> list:
-    if isinstance(decl, ast.VarDecl):
-        return [e for e in (decl.init, *(decl.bounds or ())) if e is not None]
-    if isinstance(decl, (ast.ConstDecl, ast.HorizonDecl)):
-        return [decl.value]
-    if isinstance(decl, (ast.DynamicsDecl, ast.CostDecl)):
-        return [decl.expr]
-    if isinstance(decl, ast.ConstraintDecl):
-        return [decl.lhs, decl.rhs]
-    return []
+    return [] if decl is None else declaration_of(decl).values(decl)
 
 
 _DECISION = {NodeKind.STATE, NodeKind.CONTROL}

@@ -1,0 +1,295 @@
+"""Declaration kinds: one class per keyword, collected in `DECLARATIONS`, the only list of them.
+
+A declaration kind says how its AST node becomes a graph node (id, kind, declared name, main
+expression, extra attributes), which of its expressions are *values* (every name there must
+resolve, and each is an edge of the graph) and which are *options* (solver and block settings
+such as `backward=implicit(cg, iters=20)`: a name there is a symbol unless it names a declared
+value, and a typed schema validates it later), and how it prints. The graph builder, the
+resolve pass and the dumps go through this registry instead of switching on AST types.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+from planlang import ast
+
+
+class NodeKind(Enum):
+    PLAN = "plan"
+    CONST = "const"
+    HORIZON = "horizon"
+    STATE = "state"
+    CONTROL = "control"
+    PARAM = "param"
+    INPUT = "input"
+    LEARN = "learn"
+    LET = "let"
+    DYNAMICS = "dynamics"
+    COST = "cost"
+    CONSTRAINT = "constraint"
+    GUESS = "guess"
+    BLOCK = "block"
+    CONTINUAL = "continual"
+    TRAIN = "train"
+    ENV = "env"
+    SOLVE = "solve"
+
+
+Ordinal = Callable[[str], str]      # prefix -> "prefix#k", k counting from 1 per prefix
+
+
+class Declaration:
+    """How one kind of declaration enters the graph. Subclasses override what differs."""
+
+    ast_type: type
+    kind: NodeKind
+
+    def node_id(self, decl, ordinal: Ordinal) -> str:
+        return self.kind.value
+
+    def name(self, decl) -> str | None:
+        """The value or block name this declaration introduces (None: it introduces none)."""
+        return None
+
+    def expr(self, decl) -> ast.Expr | None:
+        """The main expression (what dumps show as `= ...`)."""
+        return None
+
+    def values(self, decl) -> list[ast.Expr]:
+        """Expressions whose names must all resolve to declared values."""
+        expr = self.expr(decl)
+        return [] if expr is None else [expr]
+
+    def options(self, decl) -> list[ast.Expr]:
+        """Option expressions: names are symbols unless they name a declared value."""
+        return []
+
+    def compile_time_names(self, decl) -> list[ast.Name]:
+        """Names used where only compile-time constants are allowed (sizes, defaults)."""
+        return []
+
+    def attrs(self, decl) -> dict:
+        return {}
+
+    def text(self, decl) -> str:
+        expr = self.expr(decl)
+        return "" if expr is None else ast.to_text(expr)
+
+
+class Variable(Declaration):
+    ast_type = ast.VarDecl
+
+    def __init__(self, kind: NodeKind):
+        self.kind = kind
+
+    def node_id(self, decl, ordinal):
+        return f"{self.kind.value}:{decl.name}"
+
+    def name(self, decl):
+        return decl.name
+
+    def expr(self, decl):
+        return decl.init
+
+    def values(self, decl):
+        return [e for e in (decl.init, *(decl.bounds or ())) if e is not None]
+
+    def compile_time_names(self, decl):
+        sizes = [ast.Name(s.span, s.value) for s in decl.shape if isinstance(s.value, str)]
+        return sizes + ast.names_in(decl.init)
+
+    def attrs(self, decl):
+        return {"shape": tuple(s.value for s in decl.shape)}
+
+
+class Const(Declaration):
+    ast_type, kind = ast.ConstDecl, NodeKind.CONST
+
+    def node_id(self, decl, ordinal):
+        return f"const:{decl.name}"
+
+    def name(self, decl):
+        return decl.name
+
+    def expr(self, decl):
+        return decl.value
+
+    def compile_time_names(self, decl):
+        return ast.names_in(decl.value)
+
+
+class Horizon(Declaration):
+    ast_type, kind = ast.HorizonDecl, NodeKind.HORIZON
+
+    def expr(self, decl):
+        return decl.value
+
+    def compile_time_names(self, decl):
+        return ast.names_in(decl.value)
+
+
+class Let(Declaration):
+    ast_type, kind = ast.LetDecl, NodeKind.LET
+
+    def node_id(self, decl, ordinal):
+        return f"let:{decl.name}"
+
+    def name(self, decl):
+        return decl.name
+
+    def expr(self, decl):
+        return decl.expr
+
+
+class Dynamics(Declaration):
+    ast_type, kind = ast.DynamicsDecl, NodeKind.DYNAMICS
+
+    def node_id(self, decl, ordinal):
+        return f"dynamics:{decl.state}"
+
+    def expr(self, decl):
+        return decl.expr
+
+    def values(self, decl):
+        method = [] if decl.method is None else list(decl.method.args) + [k.value for k in decl.method.keywords]
+        return [decl.expr] + method
+
+    def attrs(self, decl):
+        return {"defines": decl.state}
+
+
+class Cost(Declaration):
+    ast_type, kind = ast.CostDecl, NodeKind.COST
+
+    def node_id(self, decl, ordinal):
+        return f"cost:{decl.name}" if decl.name else ordinal(f"cost:{decl.when.value}")
+
+    def name(self, decl):
+        return decl.name
+
+    def expr(self, decl):
+        return decl.expr
+
+    def attrs(self, decl):
+        return {"when": decl.when}
+
+
+class Constraint(Declaration):
+    ast_type, kind = ast.ConstraintDecl, NodeKind.CONSTRAINT
+
+    def node_id(self, decl, ordinal):
+        return ordinal("constraint")
+
+    def values(self, decl):
+        return [decl.lhs, decl.rhs]
+
+    def text(self, decl):
+        return f"{ast.to_text(decl.lhs)} {decl.cmp.value} {ast.to_text(decl.rhs)}"
+
+
+class Guess(Declaration):
+    ast_type, kind = ast.GuessDecl, NodeKind.GUESS
+
+    def node_id(self, decl, ordinal):
+        return f"guess:{decl.target}"
+
+    def expr(self, decl):
+        return decl.expr
+
+    def attrs(self, decl):
+        return {"guesses": decl.target}
+
+
+class Block(Declaration):
+    ast_type, kind = ast.BlockDecl, NodeKind.BLOCK
+
+    def node_id(self, decl, ordinal):
+        return f"block:{decl.name}"
+
+    def name(self, decl):
+        return decl.name
+
+    def values(self, decl):
+        return []
+
+    def options(self, decl):
+        return list(decl.spec.args) + [k.value for k in decl.spec.keywords]
+
+    def text(self, decl):
+        return ast.to_text(decl.spec)
+
+
+class Continual(Declaration):
+    ast_type, kind = ast.ContinualDecl, NodeKind.CONTINUAL
+
+    def node_id(self, decl, ordinal):
+        return f"continual:{decl.block}"
+
+    def options(self, decl):
+        return [a for m in decl.methods for a in list(m.args) + [k.value for k in m.keywords]]
+
+    def attrs(self, decl):
+        return {"block": decl.block}
+
+    def text(self, decl):
+        return " + ".join(ast.to_text(m) for m in decl.methods)
+
+
+class Braced(Declaration):
+    """`train { ... }` and `env "..." { ... }`: settings validated by their consumers' schemas."""
+
+    ast_type = ast.BracedDecl
+
+    def __init__(self, kind: NodeKind):
+        self.kind = kind
+
+    def options(self, decl):
+        return [s.value for s in decl.settings if s.value is not None]
+
+    def text(self, decl):
+        label = f'"{decl.label.value}" ' if decl.label else ""
+        body = "; ".join(s.name + ("" if s.value is None else " " + ast.to_text(s.value)) for s in decl.settings)
+        return label + "{" + body + "}"
+
+
+class Solve(Declaration):
+    ast_type, kind = ast.SolveDecl, NodeKind.SOLVE
+
+    def values(self, decl):
+        return []
+
+    def options(self, decl):
+        return [k.value for k in decl.options] + list(decl.positional)
+
+    def attrs(self, decl):
+        return {"solver": decl.solver}
+
+    def text(self, decl):
+        opts = ", ".join(f"{k.name}={ast.to_text(k.value)}" for k in decl.options)
+        return f"{decl.solver}({opts})" if opts else decl.solver
+
+
+DECLARATIONS: tuple[Declaration, ...] = (
+    *(Variable(NodeKind(k.value)) for k in ast.VarKind),
+    Const(), Horizon(), Let(), Dynamics(), Cost(), Constraint(), Guess(), Block(), Continual(),
+    Braced(NodeKind.TRAIN), Braced(NodeKind.ENV), Solve(),
+)
+_BY_KIND = {d.kind: d for d in DECLARATIONS}
+VALUE_KINDS = frozenset({NodeKind.CONST, NodeKind.LET, *(NodeKind(k.value) for k in ast.VarKind)})
+
+
+def declaration_of(decl) -> Declaration:
+    """The declaration kind of an AST declaration."""
+    if isinstance(decl, ast.VarDecl):
+        return _BY_KIND[NodeKind(decl.kind.value)]
+    if isinstance(decl, ast.BracedDecl):
+        return _BY_KIND[NodeKind(decl.keyword)]
+    for kind in DECLARATIONS:
+        if isinstance(decl, kind.ast_type):
+            return kind
+    raise TypeError(f"no declaration kind for {type(decl).__name__}")
+
+
+def kind_of(node_kind: NodeKind) -> Declaration:
+    return _BY_KIND[node_kind]
