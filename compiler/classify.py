@@ -79,3 +79,8 @@ def nonsmooth(expr: Expr) -> Expr | None:
         if node.op is Op.CALL and not node.attr.smooth and any(table[a] != 0 for a in node.args):
             return node
     return None
+
+
+def first_block(expr: Expr) -> Expr | None:
+    """The first call of a neural block (a callee without exact polynomial forms), or None."""
+    return next((n for n in expr.walk() if n.op is Op.CALL and n.attr.is_block), None)

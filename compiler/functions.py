@@ -30,6 +30,7 @@ class Function:
     smooth: bool = True
     fold: Callable[..., torch.Tensor] | None = None        # int args -> constant (folded at compile time)
     doc: str = ""
+    is_block = False                                        # builtins are stateless (see compiler.blocks)
 
 
 def broadcast(*shapes: Shape) -> Shape:

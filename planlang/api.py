@@ -40,16 +40,7 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
 def _checked_options(solver: str, options: dict) -> dict:
     from compiler.solvers import SOLVERS
 
-    spec = SOLVERS[solver]
-    out = {}
-    for name, value in options.items():
-        opt = spec.options.get(name)
-        if opt is None:
-            raise ValueError(f"solve {solver} has no option '{name}' (options: {', '.join(spec.options) or 'none'})")
-        if opt.choices and value not in opt.choices:
-            raise ValueError(f"option '{name}' must be one of: {', '.join(opt.choices)}")
-        out[name] = value if opt.choices else opt.kind(value)
-    return out
+    return SOLVERS[solver].options.coerce_all(options, owner=f"solve {solver}")
 
 
 def check(plan: Plan, **options):

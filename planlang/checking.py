@@ -48,9 +48,9 @@ def tight_options(solver: str, options: dict) -> dict | None:
 
     The tolerance drops to 1e-12 and the iteration budget doubles (at least 200), never below the plan's.
     """
-    if solver not in ("qp", "ilqr"):
-        return None
-    return {"tol": 1e-12, "iters": max(2 * int(options["iters"]), 200)}
+    from compiler.solvers import SOLVERS
+
+    return SOLVERS[solver].check_options(options)
 
 @dataclass(frozen=True)
 class CheckOptions:

@@ -187,10 +187,3 @@ class ILQRBackend(_Lowered):
     def _cost_jet(exprs, jets, like, nz: int, rows: int):
         c, L, H = qf.coefficients(sum_costs(exprs, jets, like), nz)
         return c.expand(rows), L.expand(rows, -1), H.expand(rows, -1, -1)
-
-
-BACKENDS: dict[str, Callable[[nx.DiGraph, PlanInfo, Layout], Backend]] = {
-    "lqr": LQRBackend,
-    "qp": QPBackend,
-    "ilqr": ILQRBackend,
-}

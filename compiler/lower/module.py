@@ -16,7 +16,6 @@ from compiler.context import PlanInfo, VarInfo
 from compiler.defaults import default_value
 from compiler.ir import VarRef
 from compiler.layout import Layout
-from compiler.lower.backends import BACKENDS
 from compiler.solution import Solution
 from planlang.ast import VarKind
 from planlang.errors import did_you_mean
@@ -46,7 +45,9 @@ class PlanModule(nn.Module):
                 buffer = f"default_{var.ref.kind.value}_{var.ref.name}"
                 self.register_buffer(buffer, value.to(dtype))
                 self._defaults[var.ref.name] = buffer
-        self.backend = BACKENDS[self.info.solver](graph, self.info, self.layout)
+        from compiler.solvers import SOLVERS
+
+        self.backend = SOLVERS[self.info.solver].backend(graph, self.info, self.layout)
 
     @property
     def horizon(self) -> int:

@@ -28,7 +28,7 @@ _BINARY = {ast.BinOp.ADD: Op.ADD, ast.BinOp.SUB: Op.SUB, ast.BinOp.MUL: Op.MUL, 
            ast.BinOp.POW: Op.POW, ast.BinOp.MATMUL: Op.MATMUL}
 
 
-class _Located(Exception):
+class Located(Exception):
     def __init__(self, span, message, hint=""):
         self.span, self.message, self.hint = span, message, hint
 
@@ -43,20 +43,20 @@ def run(graph: nx.DiGraph) -> PassResult:
         data = graph.nodes[node]
         try:
             value = typer.const_value(data["decl"].value)
-        except _Located as err:
+        except Located as err:
             errors.add(err.span, err.message, err.hint)
             continue
         info.consts[data["name"]] = value
     try:
         info.horizon = _horizon(graph, typer)
-    except _Located as err:
+    except Located as err:
         errors.add(err.span, err.message, err.hint)
 
     for node, data in graph.nodes(data=True):
         if data["kind"] in (NodeKind.STATE, NodeKind.CONTROL, NodeKind.PARAM, NodeKind.INPUT, NodeKind.LEARN):
             try:
                 info.variables[data["name"]] = typer.variable(node, data["decl"])
-            except _Located as err:
+            except Located as err:
                 errors.add(err.span, err.message, err.hint)
     errors.raise_if_any()
 
@@ -72,7 +72,7 @@ def run(graph: nx.DiGraph) -> PassResult:
                 ir, sense = typer.constraint(decl)
                 modified |= annotate(graph, node, "ir", ir, _fp)
                 modified |= annotate(graph, node, "sense", sense)
-        except _Located as err:
+        except Located as err:
             errors.add(err.span, err.message, err.hint)
     for data in (d for _, d in graph.nodes(data=True) if d["kind"] in (NodeKind.STATE, NodeKind.CONTROL, NodeKind.PARAM,
                                                                             NodeKind.INPUT, NodeKind.LEARN)):
@@ -114,7 +114,7 @@ def _horizon(graph: nx.DiGraph, typer: "Typer") -> int:
     decl = graph.nodes["horizon"]["decl"]
     value = typer.const_value(decl.value)
     if value.numel() != 1 or value.item() != int(value.item()) or value.item() < 1:
-        raise _Located(decl.value.span, "the horizon must be a positive integer", "e.g. `horizon 30`")
+        raise Located(decl.value.span, "the horizon must be a positive integer", "e.g. `horizon 30`")
     return int(value.item())
 
 
@@ -128,7 +128,7 @@ class Typer:
     def const_value(self, expr: ast.Expr) -> torch.Tensor:
         typed = self.expr(expr)
         if typed.op is not Op.CONST:
-            raise _Located(expr.span, "expected a compile-time constant", "use numbers and `const` names")
+            raise Located(expr.span, "expected a compile-time constant", "use numbers and `const` names")
         return typed.attr
 
     def size(self, size: ast.Size) -> int:
@@ -137,36 +137,36 @@ class Typer:
         else:
             const = self.info.consts.get(size.value)
             if const is None or const.numel() != 1 or const.item() != int(const.item()):
-                raise _Located(size.span, f"size '{size.value}' must be an integer const")
+                raise Located(size.span, f"size '{size.value}' must be an integer const")
             value = int(const.item())
         if value < 1:
-            raise _Located(size.span, "sizes must be positive")
+            raise Located(size.span, "sizes must be positive")
         return value
 
     def variable(self, node: str, decl: ast.VarDecl) -> VarInfo:
         shape = tuple(self.size(s) for s in decl.shape)
         ref = VarRef(decl.kind, decl.name)
         if decl.kind in (ast.VarKind.STATE, ast.VarKind.CONTROL) and len(shape) > 1:
-            raise _Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {format_shape(shape)}",
+            raise Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {format_shape(shape)}",
                            "declare it as a vector, e.g. `state x[4]`")
         if decl.psd and (len(shape) != 2 or shape[0] != shape[1]):
-            raise _Located(decl.span, f"`psd` needs a square matrix, got {format_shape(shape)}", f"declare e.g. `{decl.name}[n, n]`")
+            raise Located(decl.span, f"`psd` needs a square matrix, got {format_shape(shape)}", f"declare e.g. `{decl.name}[n, n]`")
         if (decl.psd or decl.positive) and decl.kind is not ast.VarKind.LEARN:
-            raise _Located(decl.span, "`positive` and `psd` apply to `learn` declarations",
+            raise Located(decl.span, "`positive` and `psd` apply to `learn` declarations",
                            "params and inputs are given by the caller")
         if decl.kind is ast.VarKind.PARAM and decl.init is None:
-            raise _Located(decl.span, f"param '{decl.name}' needs a value", f"write `param {decl.name} = ...`")
+            raise Located(decl.span, f"param '{decl.name}' needs a value", f"write `param {decl.name} = ...`")
         var = VarInfo(ref, node, shape, positive=decl.positive, psd=decl.psd)
         if decl.init is not None:
             var.default = self._fitting(self.expr(decl.init), shape, decl.init.span, "default")
             value = var.default.attr.broadcast_to(shape)
             if decl.positive and not bool((value > 0).all()):
-                raise _Located(decl.init.span, "a `positive` learnable needs a positive initial value")
+                raise Located(decl.init.span, "a `positive` learnable needs a positive initial value")
             if decl.psd and not bool((torch.linalg.eigvalsh(0.5 * (value + value.T)) > 0).all()):
-                raise _Located(decl.init.span, "a `psd` learnable needs a symmetric positive definite initial value")
+                raise Located(decl.init.span, "a `psd` learnable needs a symmetric positive definite initial value")
         if decl.bounds is not None:
             if decl.kind not in (ast.VarKind.STATE, ast.VarKind.CONTROL):
-                raise _Located(decl.span, "`in [lo, hi]` bounds apply to states and controls")
+                raise Located(decl.span, "`in [lo, hi]` bounds apply to states and controls")
             var.lower = self._fitting(self.expr(decl.bounds[0]), shape, decl.bounds[0].span, "lower bound")
             var.upper = self._fitting(self.expr(decl.bounds[1]), shape, decl.bounds[1].span, "upper bound")
         return var
@@ -176,7 +176,7 @@ class Typer:
             if broadcast(typed.shape, shape) != shape:
                 raise ShapeError
         except ShapeError:
-            raise _Located(span, f"{what} has shape {format_shape(typed.shape)}, but the declaration is {format_shape(shape)}") from None
+            raise Located(span, f"{what} has shape {format_shape(typed.shape)}, but the declaration is {format_shape(shape)}") from None
         return typed
 
     def dynamics(self, decl: ast.DynamicsDecl) -> Expr:
@@ -188,7 +188,7 @@ class Typer:
             except ShapeError:
                 ok = False
             if not ok:
-                raise _Located(decl.expr.span, f"dynamics of '{decl.state}' has shape {format_shape(typed.shape)}, "
+                raise Located(decl.expr.span, f"dynamics of '{decl.state}' has shape {format_shape(typed.shape)}, "
                                                f"but '{decl.state}' is {format_shape(target)}")
         return typed
 
@@ -198,19 +198,19 @@ class Typer:
         if method is None:
             return None
         if method.func not in INTEGRATORS:
-            raise _Located(method.span, f"unknown integrator '{method.func}'",
+            raise Located(method.span, f"unknown integrator '{method.func}'",
                            did_you_mean(method.func, INTEGRATORS) or "integrators: " + ", ".join(INTEGRATORS))
         if len(method.args) != 1 or method.keywords:
-            raise _Located(method.span, f"{method.func}() takes the step: `by {method.func}(dt)`")
+            raise Located(method.span, f"{method.func}() takes the step: `by {method.func}(dt)`")
         dt = self.const_value(method.args[0])
         if dt.numel() != 1 or not float(dt) > 0:
-            raise _Located(method.args[0].span, "the integration step must be a positive constant")
+            raise Located(method.args[0].span, "the integration step must be a positive constant")
         return method.func, float(dt)
 
     def cost(self, decl: ast.CostDecl) -> Expr:
         typed = self.expr(decl.expr)
         if typed.shape != ():
-            raise _Located(decl.expr.span, f"a cost must be a scalar, got shape {format_shape(typed.shape)}",
+            raise Located(decl.expr.span, f"a cost must be a scalar, got shape {format_shape(typed.shape)}",
                            "reduce it, e.g. sum(...) or norm(...)")
         return typed
 
@@ -228,7 +228,7 @@ class Typer:
             try:
                 value = evaluate(typed, {}, _F64)
             except (ValueError, RuntimeError) as err:
-                raise _Located(e.span, f"cannot evaluate constant expression: {err}") from None
+                raise Located(e.span, f"cannot evaluate constant expression: {err}") from None
             return Expr(Op.CONST, (), typed.shape, e.span, value[0])
         return typed
 
@@ -253,11 +253,11 @@ class Typer:
             first = items[0].shape
             for item, src in zip(items, e.items):
                 if item.shape != first:
-                    raise _Located(src.span, f"array items must have equal shapes: {format_shape(item.shape)} vs {format_shape(first)}")
+                    raise Located(src.span, f"array items must have equal shapes: {format_shape(item.shape)} vs {format_shape(first)}")
             return Expr(Op.STACK, tuple(items), (len(items),) + first, e.span)
         if isinstance(e, ast.Index):
             return self._index(e)
-        raise _Located(e.span, f"unsupported expression {type(e).__name__}")
+        raise Located(e.span, f"unsupported expression {type(e).__name__}")
 
     def _name(self, e: ast.Name) -> Expr:
         if e.id == "pi":
@@ -267,42 +267,42 @@ class Typer:
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         var = self.info.variables.get(e.id)
         if var is None:
-            raise _Located(e.span, f"'{e.id}' is not available here")
+            raise Located(e.span, f"'{e.id}' is not available here")
         return Expr(Op.VAR, (), var.shape, e.span, var.ref)
 
     def _broadcast(self, span, *shapes: Shape) -> Shape:
         try:
             return broadcast(*shapes)
         except ShapeError as err:
-            raise _Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
+            raise Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
 
     def _call(self, e: ast.Call) -> Expr:
         fn = FUNCTIONS[e.func]
         if e.keywords:
-            raise _Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
+            raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
         if not fn.min_args <= len(e.args) <= fn.max_args:
             want = str(fn.min_args) if fn.min_args == fn.max_args else f"{fn.min_args} to {fn.max_args}"
-            raise _Located(e.span, f"{e.func}() takes {want} argument(s), got {len(e.args)}")
+            raise Located(e.span, f"{e.func}() takes {want} argument(s), got {len(e.args)}")
         args = [self.expr(a) for a in e.args]
         if fn.fold is not None:
             sizes = []
             for arg, src in zip(args, e.args):
                 if arg.op is not Op.CONST or arg.attr.numel() != 1 or arg.attr.item() != int(arg.attr.item()) \
                         or arg.attr.item() < 1:
-                    raise _Located(src.span, f"{e.func}() takes positive integer constants")
+                    raise Located(src.span, f"{e.func}() takes positive integer constants")
                 sizes.append(int(arg.attr.item()))
             value = fn.fold(*sizes)
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         try:
             shape = fn.shape([a.shape for a in args], [])
         except ShapeError as err:
-            raise _Located(e.span, f"shape mismatch in {e.func}(): {err}") from None
+            raise Located(e.span, f"shape mismatch in {e.func}(): {err}") from None
         return Expr(Op.CALL, tuple(args), shape, e.span, fn)
 
     def _index(self, e: ast.Index) -> Expr:
         base = self.expr(e.base)
         if len(e.indices) > len(base.shape):
-            raise _Located(e.span, f"too many indices: {len(e.indices)} for shape {format_shape(base.shape)}")
+            raise Located(e.span, f"too many indices: {len(e.indices)} for shape {format_shape(base.shape)}")
         index, shape = [], []
         for axis, item in enumerate(e.indices):
             size = base.shape[axis]
@@ -310,13 +310,13 @@ class Typer:
                 start = self._int(item.start, 0, size)
                 stop = self._int(item.stop, size, size)
                 if not 0 <= start < stop <= size:
-                    raise _Located(item.span, f"slice {start}:{stop} is empty or out of range for size {size}")
+                    raise Located(item.span, f"slice {start}:{stop} is empty or out of range for size {size}")
                 index.append(slice(start, stop))
                 shape.append(stop - start)
             else:
                 i = self._int(item, None, size)
                 if not 0 <= i < size:
-                    raise _Located(item.span, f"index {i} is out of range for size {size}",
+                    raise Located(item.span, f"index {i} is out of range for size {size}",
                                    f"valid indices are 0..{size - 1}")
                 index.append(i)
         shape += base.shape[len(e.indices):]
@@ -327,16 +327,16 @@ class Typer:
             return default
         value = self.expr(e)
         if value.op is not Op.CONST or value.attr.numel() != 1 or value.attr.item() != int(value.attr.item()):
-            raise _Located(e.span, "indices must be integer constants")
+            raise Located(e.span, "indices must be integer constants")
         i = int(value.attr.item())
         return i + size if i < 0 else i
 
 
 def _matmul_shape(e: ast.Binary, a: Shape, b: Shape) -> Shape:
     if not a or not b or len(a) > 2 or len(b) > 2:
-        raise _Located(e.span, f"@ needs vectors or matrices, got {format_shape(a)} @ {format_shape(b)}",
+        raise Located(e.span, f"@ needs vectors or matrices, got {format_shape(a)} @ {format_shape(b)}",
                        "use * for scalar or elementwise products")
     inner_a, inner_b = a[-1], b[0]
     if inner_a != inner_b:
-        raise _Located(e.span, f"shape mismatch in @: {format_shape(a)} @ {format_shape(b)} (inner sizes {inner_a} and {inner_b} differ)")
+        raise Located(e.span, f"shape mismatch in @: {format_shape(a)} @ {format_shape(b)} (inner sizes {inner_a} and {inner_b} differ)")
     return a[:-1] + b[1:]

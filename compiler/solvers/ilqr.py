@@ -1,0 +1,22 @@
+"""`solve ilqr(...)`: box-constrained iLQR (runtime.ilqr), differentiated at its fixed point."""
+from compiler.lower.backends import ILQRBackend
+from compiler.options import Number, Option, Schema, Symbol
+from compiler.solvers.base import ConstraintSupport, Solver
+
+
+class ILQR(Solver):
+    name = "ilqr"
+    doc = "box-constrained iLQR; smooth dynamics and costs, control bounds"
+    options = Schema(
+        iters=Option(Number(integer=True, minimum=1), 50, "maximum iterations"),
+        tol=Option(Number(minimum=0), 1e-6, "convergence tolerance"),
+        backward=Option(Symbol(("implicit", "unroll")), "implicit", "gradient mode"),
+        model=Option(Symbol(("gauss_newton", "newton")), "gauss_newton",
+                     "stage model: Gauss-Newton, or Newton with the dynamics curvature"))
+    constraints = ConstraintSupport.CONTROL_BOX
+
+    def backend(self, graph, info, layout):
+        return ILQRBackend(graph, info, layout)
+
+    def check_options(self, options):
+        return {"tol": 1e-12, "iters": max(2 * int(options["iters"]), 200)}
