@@ -82,5 +82,6 @@ def nonsmooth(expr: Expr) -> Expr | None:
 
 
 def first_block(expr: Expr) -> Expr | None:
-    """The first call of a neural block (a callee without exact polynomial forms), or None."""
-    return next((n for n in expr.walk() if n.op is Op.CALL and n.attr.is_block), None)
+    """The first call of a neural block on decision variables (no exact polynomial form), or None."""
+    table = degrees(expr)
+    return next((n for n in expr.walk() if n.op is Op.CALL and n.attr.is_block and table[n] != 0), None)

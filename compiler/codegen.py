@@ -25,7 +25,8 @@ class NumericFunction:
 
     def __init__(self, expr: Expr, name: str = "expr"):
         self.expr = expr
-        self.variables: list[VarRef] = sorted(expr.variables(), key=str)
+        blocks = {e.attr.ref for e in expr.walk() if e.op is Op.CALL and e.attr.is_block}
+        self.variables: list = sorted(expr.variables() | blocks, key=str)     # VarRefs and BlockRefs
         self._consts: list[torch.Tensor] = []
         self._calls: list[Callable] = []
         self._lines: list[str] = []
@@ -86,6 +87,10 @@ class NumericFunction:
             return self._line(f"{args[0]}[:, {', '.join(parts)}]", e)
         if e.op is Op.STACK:
             return self._line(f"torch.stack(torch.broadcast_tensors({', '.join(args)}), dim=1)", e)
+        if e.op is Op.CALL and e.attr.is_block:
+            self._calls.append(e.attr.apply)
+            module = f"v{self.variables.index(e.attr.ref)}"
+            return self._line(f"CALL[{len(self._calls) - 1}]({', '.join([module] + args)})", e)
         if e.op is Op.CALL:
             self._calls.append(e.attr.evaluate)
             return self._line(f"CALL[{len(self._calls) - 1}]({', '.join(args)})", e)

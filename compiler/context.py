@@ -38,6 +38,7 @@ class PlanInfo:
     variables: dict[str, VarInfo] = field(default_factory=dict)     # by name, in declaration order
     solver: str = ""
     options: dict[str, object] = field(default_factory=dict)
+    blocks: dict = field(default_factory=dict)                     # name -> compiler.blocks.BlockCallee
 
     def of_kind(self, kind) -> list[VarInfo]:
         return [v for v in self.variables.values() if v.ref.kind is kind]

@@ -43,6 +43,10 @@ def _div(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
 
 
 def _call(expr: Expr, args, env: Env, like: torch.Tensor) -> qf.Value:
+    if expr.attr.is_block:
+        if any(isinstance(a, qf.QuadForm) for a in args):
+            raise MissingRule(f"block '{expr.attr.name}' has no second-order jets (differentiate it by autodiff)")
+        return expr.attr.apply(env[expr.attr.ref], *args)
     if expr.attr.evaluate is None:
         raise MissingRule(f"builtin '{expr.attr.name}' has no evaluation rule (it should have been folded)")
     return expr.attr.evaluate(*args)

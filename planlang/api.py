@@ -4,19 +4,22 @@ from __future__ import annotations
 import torch
 
 from planlang import ast
-from planlang.errors import PlanError
+from planlang.errors import Diagnostic, PlanError
 from planlang.plan import Plan, load, loads
 
 
 def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None = None,
-            solver: str | None = None):
+            solver: str | None = None, allow_imports: bool = False):
     """Check `plan` and lower it to a differentiable `torch.nn.Module` (`PlanModule`).
 
     `solver` replaces the plan's `solve` line (its options then start from their defaults);
     `options` override solver options (e.g. `{"tol": 1e-10}`), validated like the plan's own.
+    `allow_imports=True` lets `block f = python("package.module:Class", ...)` import and run the
+    named code; without it such a plan is refused, so that opening a plan never runs code by surprise.
     Raises `PlanError` (with file:line:col, the line and a caret) when the plan is malformed or
     its solver cannot take it.
     """
+    from compiler.blocks import BlockError
     from compiler.lower.module import PlanModule
     from compiler.pipeline import run_passes
 
@@ -34,13 +37,22 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
         raise err.with_source(plan.source) from None
     if options:
         graph.graph["plan_info"].options.update(_checked_options(graph.graph["plan_info"].solver, options))
-    return PlanModule(graph, dtype=dtype)
+    if not allow_imports:
+        _refuse_imports(graph, plan)
+    try:
+        return PlanModule(graph, dtype=dtype)
+    except BlockError as err:            # a block that cannot be built (bad import path, kernel size)
+        raise PlanError(Diagnostic(graph.nodes[f"block:{err.block}"]["span"], str(err)), plan.source) from None
 
 
-def _checked_options(solver: str, options: dict) -> dict:
-    from compiler.solvers import SOLVERS
-
-    return SOLVERS[solver].options.coerce_all(options, owner=f"solve {solver}")
+def _refuse_imports(graph, plan: Plan) -> None:
+    for name, callee in graph.graph["plan_info"].blocks.items():
+        if callee.kind.imports_code:
+            raise PlanError(Diagnostic(
+                graph.nodes[f"block:{name}"]["span"],
+                f"block '{name}' imports and runs Python code ('{callee.options['path']}')",
+                "allow it explicitly: planlang.compile(plan, allow_imports=True), or --allow-imports on the command line"),
+                plan.source)
 
 
 def check(plan: Plan, **options):

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the solution as JSON")
     run.add_argument("--plot", type=Path, metavar="OUT.png", help="plot states and controls over time")
     run.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
+    run.add_argument("--allow-imports", action="store_true",
+                     help="let `block f = python(\"pkg.mod:Class\", ...)` import and run the code the plan names")
     run.add_argument("--closed-loop", type=int, metavar="N",
                      help="run N steps of receding-horizon MPC (warm-started) instead of one open-loop solve")
     run.add_argument("--system", type=Path, metavar="TRUE.plan",
@@ -84,7 +86,7 @@ def _run(args) -> int:
 
     plan = planlang.load(args.file)
     dtype = torch.float32 if args.float32 else torch.float64
-    module = planlang.compile(plan, dtype=dtype)
+    module = planlang.compile(plan, dtype=dtype, allow_imports=args.allow_imports)
     values = dict(parse_assignment(s) for s in args.set)
     values = {k: v.to(dtype) for k, v in values.items()}
     if args.system and not args.closed_loop:

@@ -119,8 +119,9 @@ class ILQRBackend(_Lowered):
                               backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton")
 
         lower, upper = self._bounds(env, like)
+        exact = self._exact(env, like) if self.parts.has_jets else ExactDerivatives()
         problem = ILQRProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),
-                              lambda x: self.final_cost(env, x, like), lower, upper, self._exact(env, like))
+                              lambda x: self.final_cost(env, x, like), lower, upper, exact)
         u_init = warm if warm is not None else x0.new_zeros(batch, T, layout.m)
         sol = ilqr(problem, x0, u_init, options)
         return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual)

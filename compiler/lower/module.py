@@ -36,6 +36,7 @@ class PlanModule(nn.Module):
         self.layout = Layout.of(self.info)
         self.plan_name = graph.graph.get("name") or "plan"
         self.learnables = nn.ParameterDict()
+        self.blocks = nn.ModuleDict({name: callee.build().to(dtype) for name, callee in self.info.blocks.items()})
         self._defaults: dict[str, str] = {}
         for var in self.info.variables.values():
             value = default_value(var)
@@ -120,6 +121,8 @@ class PlanModule(nn.Module):
             raise ValueError(f"{self.plan_name}: inconsistent batch sizes {sorted(batch)}")
         size = batch.pop() if batch else 1
         x0 = torch.cat([s.expand(size, -1) for s in states], dim=1) if states else None
+        for name, callee in self.info.blocks.items():
+            env[callee.ref] = self.blocks[name]
         return env, x0, like
 
     def _witness(self, values: dict) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from compiler import quadform as qf
 from compiler.evaluate import Env, evaluate
-from compiler.ir import Expr
+from compiler.ir import Expr, Op
 from compiler.layout import Layout
 from compiler.lower.transition import Transition
 from planlang.ast import Cmp, VarKind, When
@@ -52,6 +52,13 @@ class PlanParts:
     stage_costs: tuple[Expr, ...]
     final_costs: tuple[Expr, ...]
     constraints: tuple[tuple[Expr, Cmp, bool], ...]     # (ir, LE or EQ, involves a control)
+
+    @property
+    def has_jets(self) -> bool:
+        """Every callee has second-order jets (no neural blocks): exact derivatives apply."""
+        exprs = [*self.transition.exprs.values(), *self.stage_costs, *self.final_costs,
+                 *(c[0] for c in self.constraints)]
+        return not any(e.op is Op.CALL and e.attr.is_block for expr in exprs for e in expr.walk())
 
     @staticmethod
     def of(graph: nx.DiGraph, layout: Layout) -> "PlanParts":

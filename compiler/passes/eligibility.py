@@ -9,9 +9,8 @@ from __future__ import annotations
 import networkx as nx
 
 from compiler.context import PlanInfo
-from compiler.functions import FUNCTIONS
-from compiler.options import ConstLookup
 from compiler.passes import PassResult
+from compiler.passes.shapes import constant_lookup
 from compiler.solvers import PREFERENCE, SOLVERS
 from planlang import ast
 from planlang.errors import Collector, did_you_mean
@@ -47,22 +46,3 @@ def accepting_solvers(graph: nx.DiGraph) -> list[str]:
     """The solvers that take a plan (graph after classify), in order of preference."""
     info: PlanInfo = graph.graph["plan_info"]
     return [name for name in PREFERENCE if not SOLVERS[name].accepts(graph, info)]
-
-
-def constant_lookup(info: PlanInfo) -> ConstLookup:
-    """The value of a scalar constant expression (numbers, `const` names, arithmetic), or None."""
-    from compiler.passes.shapes import Located, Typer
-
-    typer = Typer(info)
-
-    def lookup(expr: ast.Expr) -> float | None:
-        if isinstance(expr, (ast.String, ast.Array)) or any(
-                isinstance(e, (ast.Call, ast.Attribute, ast.String)) and getattr(e, "func", None) not in FUNCTIONS
-                for e in ast.walk(expr)):
-            return None
-        try:
-            value = typer.const_value(expr)
-        except Located:
-            return None
-        return float(value.item()) if value.numel() == 1 else None
-    return lookup

@@ -22,20 +22,22 @@ _ORIGIN = Span(1, 1, 1, 1)
 def run(graph: nx.DiGraph) -> PassResult:
     errors = Collector()
     declared = {d["name"]: n for n, d in graph.nodes(data=True) if d["kind"] in NAMED_KINDS}
+    blocks = {d["name"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.BLOCK}
     kinds = {name: graph.nodes[node]["kind"] for name, node in declared.items()}
 
     for node, data in graph.nodes(data=True):
         for ref in data.get("unresolved", []):
-            if ref.id in FUNCTIONS:
+            if ref.id in FUNCTIONS or ref.id in blocks:
                 errors.add(ref.span, f"'{ref.id}' is a function, not a value", f"call it: {ref.id}(...)")
             else:
                 errors.add(ref.span, f"unknown name '{ref.id}'",
                            did_you_mean(ref.id, list(declared) + sorted(BUILTIN_NAMES)) or
                            "declare it (const, param, input, learn, state or control)")
         for call in _calls(data["decl"]):
-            if call.func not in FUNCTIONS:
+            if call.func not in FUNCTIONS and call.func not in blocks:
                 errors.add(call.span, f"unknown function '{call.func}'",
-                           did_you_mean(call.func, FUNCTIONS) or "builtins: " + ", ".join(sorted(FUNCTIONS)))
+                           did_you_mean(call.func, list(FUNCTIONS) + sorted(blocks))
+                           or "builtins: " + ", ".join(sorted(FUNCTIONS)) + " (or declare a `block`)")
         _check_time_rules(data, kinds, errors)
 
     _check_structure(graph, declared, errors)

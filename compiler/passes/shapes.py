@@ -12,10 +12,12 @@ import math
 import networkx as nx
 import torch
 
+from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import PlanInfo, VarInfo
 from compiler.evaluate import evaluate
 from compiler.functions import FUNCTIONS, ShapeError, broadcast, format_shape
 from compiler.ir import Expr, Op, Shape, VarRef
+from compiler.options import ConstLookup
 from compiler.passes import PassResult, annotate
 from planlang import ast
 from compiler.integrators import INTEGRATORS
@@ -51,6 +53,11 @@ def run(graph: nx.DiGraph) -> PassResult:
         info.horizon = _horizon(graph, typer)
     except Located as err:
         errors.add(err.span, err.message, err.hint)
+    for node, data in graph.nodes(data=True):
+        if data["kind"] is NodeKind.BLOCK:
+            callee = _block(data["decl"], constant_lookup(info), errors)
+            if callee is not None:
+                info.blocks[callee.name] = callee
 
     for node, data in graph.nodes(data=True):
         if data["kind"] in (NodeKind.STATE, NodeKind.CONTROL, NodeKind.PARAM, NodeKind.INPUT, NodeKind.LEARN):
@@ -85,6 +92,60 @@ def run(graph: nx.DiGraph) -> PassResult:
     old = graph.graph.get("plan_info")
     graph.graph["plan_info"] = info
     return PassResult(graph, modified or old is None)
+
+
+def constant_lookup(info: PlanInfo) -> ConstLookup:
+    """The value of a scalar constant expression (numbers, `const` names, arithmetic), or None."""
+    typer = Typer(info)
+
+    def lookup(expr: ast.Expr) -> float | None:
+        if any(isinstance(e, (ast.String, ast.Attribute)) or (isinstance(e, ast.Call) and e.func not in FUNCTIONS)
+               for e in ast.walk(expr)):
+            return None
+        try:
+            value = typer.const_value(expr)
+        except Located:
+            return None
+        return float(value.item()) if value.numel() == 1 else None
+    return lookup
+
+
+def _block(decl: ast.BlockDecl, const: ConstLookup, errors: Collector) -> BlockCallee | None:
+    """The callee of `block name = kind(options)`; bad kinds and options go to `errors`."""
+    spec = decl.spec
+    kind = BLOCK_KINDS.get(spec.func)
+    if kind is None:
+        errors.add(spec.span, f"unknown block kind '{spec.func}'",
+                   did_you_mean(spec.func, BLOCK_KINDS) or "block kinds: " + ", ".join(BLOCK_KINDS))
+        return None
+    keywords, extra = spec.keywords, ()
+    if isinstance(kind, PythonBlock):      # other keywords go to the user's constructor
+        keywords = tuple(k for k in spec.keywords if k.name in kind.schema.options)
+        extra = tuple(k for k in spec.keywords if k.name not in kind.schema.options)
+    before = len(errors.diagnostics)
+    options = kind.schema.parse(keywords, const, errors, positional=spec.args, owner=f"{spec.func}()")
+    missing = [name for name, value in options.items() if value is None]
+    if missing:
+        errors.add(spec.span, f"block '{decl.name}' needs " + ", ".join(f"{m}=..." for m in missing),
+                   f"e.g. `block {decl.name} = {spec.func}(in=4, out=2)`")
+    if extra:
+        options["kwargs"] = {k.name: _literal(k.value, const, errors) for k in extra}
+    return None if len(errors.diagnostics) > before else BlockCallee(decl.name, kind, options)
+
+
+def _literal(expr: ast.Expr, const: ConstLookup, errors: Collector):
+    """A constructor argument for a user's block: a number, string, symbol or list of them."""
+    if isinstance(expr, ast.String):
+        return expr.value
+    if isinstance(expr, ast.Array):
+        return [_literal(i, const, errors) for i in expr.items]
+    value = const(expr)
+    if value is not None:
+        return int(value) if value == int(value) else value
+    if isinstance(expr, ast.Name):
+        return expr.id
+    errors.add(expr.span, "block arguments must be numbers, strings, names or lists of them")
+    return None
 
 
 def _fp(expr) -> str:
@@ -277,7 +338,7 @@ class Typer:
             raise Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
 
     def _call(self, e: ast.Call) -> Expr:
-        fn = FUNCTIONS[e.func]
+        fn = self.info.blocks.get(e.func) or FUNCTIONS[e.func]
         if e.keywords:
             raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
         if not fn.min_args <= len(e.args) <= fn.max_args:

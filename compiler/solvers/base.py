@@ -51,13 +51,15 @@ class Solver:
             ir: Expr | None = data.get("ir")
             kind = data["kind"]
             if kind in (NodeKind.DYNAMICS, NodeKind.COST) and ir is not None:
-                out += self._block_problem(ir)
-                if kind is NodeKind.DYNAMICS:
+                blocks = self._block_problem(ir)
+                if blocks:
+                    out += blocks
+                elif kind is NodeKind.DYNAMICS:
                     out += self._degree_problem(ir, self.dynamics_degree, f"dynamics of '{data['defines']}' is not "
                                                 "affine in the states and controls")
                 else:
                     out += self._degree_problem(ir, self.cost_degree, "cost is not quadratic in the states and controls")
-                out += self._smooth_problem(ir)
+                out += [] if blocks else self._smooth_problem(ir)
             elif kind is NodeKind.CONSTRAINT:
                 out += self._block_problem(data["ir"]) or self._constraint_problem(data, info)
         for var in info.variables.values():

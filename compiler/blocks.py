@@ -1,0 +1,185 @@
+"""Neural blocks: `block f = mlp(in=6, out=4, hidden=[64, 64])`, callable in expressions.
+
+A block kind (mlp, linear, conv, python) states its option schema, the shape rule of a call and
+how it builds its `nn.Module`. A declared block becomes a `BlockCallee`, which speaks the same
+callee protocol as the builtins (`compiler.functions.Function`: `shape`, `degree`, `smooth`), so
+the shape pass, classification and lowering treat `f(x, u)` like `sin(x)`; it differs in that
+its value needs the bound module (`apply(module, *args)`) and it has no second-order jets
+(solvers that need exact polynomial forms reject it; iLQR differentiates it by autodiff).
+
+Vector blocks (mlp, linear, python) flatten and concatenate their arguments, so `f(x, u)` feeds
+[x; u] (B, in) and returns (B, out), shape [out] (a scalar when out = 1). `conv` takes maps: each
+argument [H, W] (one channel) or [C, H, W], stacked on channels; it returns [out, H, W] ([H, W]
+when out = 1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compiler.functions import ShapeError, format_shape
+from compiler.ir import Shape
+from compiler.options import ListOf, Number, Option, Schema, Symbol, Text
+from runtime.neural import ACTIVATIONS, MLP, Conv, import_module_class
+
+_INT = Number(integer=True, minimum=1)
+_ACT = Symbol(tuple(ACTIVATIONS))
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """The key under which a block's bound module is found in a lowering environment."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"block:{self.name}"
+
+
+class BlockKind:
+    name = ""
+    doc = ""
+    schema = Schema()
+    imports_code = False
+
+    def shape(self, options: dict, shapes: list[Shape]) -> Shape:
+        raise NotImplementedError
+
+    def build(self, options: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def apply(self, options: dict, module: nn.Module, args: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class VectorBlock(BlockKind):
+    """Arguments flattened and concatenated to (B, in); output (B, out)."""
+
+    def shape(self, options, shapes):
+        size = sum(math.prod(s) for s in shapes)
+        if size != options["in"]:
+            got = " + ".join(format_shape(s) for s in shapes)
+            raise ShapeError(f"its arguments have {size} entries ({got}), but it was declared with in={options['in']}")
+        return () if options["out"] == 1 else (options["out"],)
+
+    def apply(self, options, module, args):
+        batch = max(a.shape[0] for a in args)
+        flat = torch.cat([a.reshape(a.shape[0], -1).expand(batch, -1) for a in args], dim=-1)
+        out = module(flat)
+        return out[..., 0] if options["out"] == 1 else out
+
+
+class MLPBlock(VectorBlock):
+    name = "mlp"
+    doc = "multilayer perceptron (B, in) -> (B, out)"
+    schema = Schema(**{"in": Option(_INT, None, "input size"), "out": Option(_INT, None, "output size"),
+                       "hidden": Option(ListOf(_INT), (64, 64), "hidden widths"),
+                       "act": Option(_ACT, "tanh", "activation"),
+                       "init": Option(Symbol(("default", "zero")), "default",
+                                      "`zero` starts the output layer at 0 (residual models start at identity)")})
+
+    def build(self, options):
+        return MLP(options["in"], options["out"], options["hidden"], options["act"], zero_last=options["init"] == "zero")
+
+
+class LinearBlock(VectorBlock):
+    name = "linear"
+    doc = "affine map W x + b"
+    schema = Schema(**{"in": Option(_INT, None, "input size"), "out": Option(_INT, None, "output size")})
+
+    def build(self, options):
+        return nn.Linear(options["in"], options["out"])
+
+
+class ConvBlock(BlockKind):
+    name = "conv"
+    doc = "2-D convolutions on maps (B, in, H, W) -> (B, out, H, W)"
+    schema = Schema(**{"in": Option(_INT, None, "input channels"), "out": Option(_INT, None, "output channels"),
+                       "hidden": Option(ListOf(_INT), (), "hidden channels (a number or a list)"),
+                       "kernel": Option(Number(integer=True, minimum=1), 3, "kernel size (odd)"),
+                       "act": Option(_ACT, "relu", "activation")})
+
+    def shape(self, options, shapes):
+        maps = [s[-2:] for s in shapes]
+        if any(len(s) not in (2, 3) for s in shapes) or len(set(maps)) != 1:
+            raise ShapeError("conv blocks take maps [H, W] or [C, H, W] of one size, got "
+                             + ", ".join(format_shape(s) for s in shapes))
+        channels = sum(s[0] if len(s) == 3 else 1 for s in shapes)
+        if channels != options["in"]:
+            raise ShapeError(f"its arguments have {channels} channels, but it was declared with in={options['in']}")
+        return maps[0] if options["out"] == 1 else (options["out"],) + maps[0]
+
+    def build(self, options):
+        if options["kernel"] % 2 == 0:
+            raise ValueError("conv kernel sizes must be odd ('same' padding)")
+        return Conv(options["in"], options["out"], options["hidden"], options["kernel"], options["act"])
+
+    def apply(self, options, module, args):
+        batch = max(a.shape[0] for a in args)
+        maps = torch.cat([(a if a.dim() == 4 else a.unsqueeze(1)).expand(batch, -1, -1, -1) for a in args], dim=1)
+        out = module(maps)
+        return out[:, 0] if options["out"] == 1 else out
+
+
+class PythonBlock(VectorBlock):
+    """`python("package.module:Class", in=, out=, ...)`: a user's nn.Module, built with the
+    remaining options as keyword arguments. Runs code named by the plan: only with opt-in."""
+
+    name = "python"
+    doc = "a user's torch.nn.Module by import path (needs allow_imports / --allow-imports)"
+    schema = Schema(path=Option(Text(), None, "'package.module:Class'"),
+                    **{"in": Option(_INT, None, "input size"), "out": Option(_INT, None, "output size")})
+    imports_code = True
+
+    def build(self, options):
+        cls = import_module_class(options["path"])
+        return cls(**options.get("kwargs", {}))
+
+
+BLOCK_KINDS: dict[str, BlockKind] = {k.name: k for k in (MLPBlock(), LinearBlock(), ConvBlock(), PythonBlock())}
+
+
+@dataclass(frozen=True, eq=False)
+class BlockCallee:
+    """A declared block as a callee (same protocol as `compiler.functions.Function`)."""
+
+    name: str
+    kind: BlockKind
+    options: dict = field(repr=False)
+    min_args: int = 1
+    max_args: int = 16
+    smooth: bool = True
+    evaluate = None               # needs the bound module: `apply`
+    fold = None
+    is_block = True
+
+    @property
+    def ref(self) -> BlockRef:
+        return BlockRef(self.name)
+
+    def shape(self, shapes, _consts) -> Shape:
+        return self.kind.shape(self.options, list(shapes))
+
+    def degree(self, degrees) -> int | None:
+        """Constant when its arguments are; otherwise not polynomial in the decisions."""
+        return 0 if all(d == 0 for d in degrees) else None
+
+    def apply(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        return self.kind.apply(self.options, module, list(args))
+
+    def build(self) -> nn.Module:
+        try:
+            return self.kind.build(self.options)
+        except ValueError as err:
+            raise BlockError(self.name, str(err)) from None
+
+
+class BlockError(ValueError):
+    """A declared block could not be built (e.g. a bad import path); `block` names it."""
+
+    def __init__(self, block: str, message: str):
+        super().__init__(f"block '{block}': {message}")
+        self.block = block
