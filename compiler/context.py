@@ -39,6 +39,8 @@ class PlanInfo:
     solver: str = ""
     options: dict[str, object] = field(default_factory=dict)
     blocks: dict = field(default_factory=dict)                     # name -> compiler.blocks.BlockCallee
+    lets: dict[str, Expr] = field(default_factory=dict)            # `let` name -> typed expression
+    guesses: dict[str, Expr] = field(default_factory=dict)         # control name -> typed initial guess
 
     def of_kind(self, kind) -> list[VarInfo]:
         return [v for v in self.variables.values() if v.ref.kind is kind]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import math
+
 import torch
 
 from compiler import quadform as qf
@@ -204,6 +206,39 @@ def _length(v: qf.Value) -> int:
     return (v.c if isinstance(v, qf.QuadForm) else v).shape[-1]
 
 
+def _binary_jet(f, fa, fb, faa, fab, fbb):
+    """g(a, b) elementwise, extended to jets by the second-order chain rule:
+    g + g_a da + g_b db + 1/2 (g_aa da^2 + 2 g_ab da db + g_bb db^2), derivatives at the constants."""
+    def evaluate(a, b):
+        if not isinstance(a, qf.QuadForm) and not isinstance(b, qf.QuadForm):
+            return f(*torch.broadcast_tensors(*_aligned((a, b))))
+        a, b = _aligned((a, b))
+        ca, cb = torch.broadcast_tensors(_constant(a), _constant(b))
+        da, db = qf.sub(a, _constant(a)), qf.sub(b, _constant(b))
+        total: qf.Value = f(ca, cb)
+        for coefficient, term in ((fa(ca, cb), da), (fb(ca, cb), db), (0.5 * faa(ca, cb), qf.mul(da, da)),
+                                  (fab(ca, cb), qf.mul(da, db)), (0.5 * fbb(ca, cb), qf.mul(db, db))):
+            total = qf.add(total, qf.mul(coefficient, term))
+        return total
+    return evaluate
+
+
+def _atan2_parts():
+    """atan2(y, x) and its derivatives: g_y = x/r2, g_x = -y/r2, g_yy = -2xy/r4 = -g_xx, g_xy = (y2 - x2)/r4."""
+    r2 = lambda y, x: x * x + y * y
+    return (torch.atan2, lambda y, x: x / r2(y, x), lambda y, x: -y / r2(y, x),
+            lambda y, x: -2 * x * y / r2(y, x) ** 2, lambda y, x: (y * y - x * x) / r2(y, x) ** 2,
+            lambda y, x: 2 * x * y / r2(y, x) ** 2)
+
+
+def _wrap(c: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(c + math.pi, 2 * math.pi) - math.pi
+
+
+def _zero(a, b):
+    return torch.zeros_like(a)
+
+
 def _elementwise_function(name, f, df, d2f, smooth=True):
     """A builtin g applied elementwise, with g' and g'' for jets (a.e. for non-smooth ones)."""
     return Function(name, 1, 1, _elementwise, _const_only, _jet_fn(f, df, d2f), smooth=smooth)
@@ -261,4 +296,9 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("max", 1, 2, _minmax_shape, _const_only, _MAX, smooth=False),
     Function("clip", 3, 3, _elementwise, _const_only, _clip, smooth=False),
     Function("cat", 1, 16, _cat_shape, _max, _cat, doc="concatenate scalars and vectors"),
+    Function("atan2", 2, 2, _elementwise, _const_only, _binary_jet(*_atan2_parts()), doc="angle of (x, y): atan2(y, x)"),
+    _elementwise_function("wrap", _wrap, torch.ones_like, torch.zeros_like, smooth=False),
+    Function("mod", 2, 2, _elementwise, _const_only,
+             _binary_jet(torch.remainder, lambda a, b: torch.ones_like(a), lambda a, b: -torch.floor(a / b),
+                         _zero, _zero, _zero), smooth=False, doc="a - b floor(a / b) (the sign of b)"),
 ]}

@@ -50,6 +50,24 @@ class _Lowered:
     def final_cost(self, env: Env, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return _total(self.numeric_final, {**env, **self.layout.numeric(x, None)}, like, x.shape[0])
 
+    def initial_controls(self, env: Env, batch: int, like: torch.Tensor, warm: torch.Tensor | None) -> torch.Tensor:
+        """u (B, T, m) to start an iterative solver from: the warm start if given, else the plan's
+        `guess` lines (one value for every stage, or one per stage), else zeros."""
+        if warm is not None:
+            return warm
+        u = like.new_zeros(batch, self.horizon, self.layout.m)
+        offsets, n = self.layout.offsets(), self.layout.n
+        for var in self.layout.controls:
+            guess = self.info.guesses.get(var.ref.name)
+            if guess is None:
+                continue
+            per_stage = len(guess.shape) == len(var.shape) + 1 and guess.shape[0] == self.horizon
+            value = evaluate(guess, env, like)              # (b, *shape) or (b, T, *shape), broadcastable
+            value = value.reshape(value.shape[0], self.horizon if per_stage else 1, -1)
+            part = offsets[var.ref]
+            u[:, :, part.start - n:part.stop - n] = value.expand(batch, self.horizon, var.size)
+        return u
+
 
 def _total(functions, env, like, batch: int) -> torch.Tensor:
     total = like.new_zeros(batch)
@@ -122,8 +140,7 @@ class ILQRBackend(_Lowered):
         exact = self._exact(env, like) if self.parts.has_jets else ExactDerivatives()
         problem = ILQRProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),
                               lambda x: self.final_cost(env, x, like), lower, upper, exact)
-        u_init = warm if warm is not None else x0.new_zeros(batch, T, layout.m)
-        sol = ilqr(problem, x0, u_init, options)
+        sol = ilqr(problem, x0, self.initial_controls(env, batch, like, warm), options)
         return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual)
 
     def _bounds(self, env: Env, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -67,14 +67,21 @@ def run(graph: nx.DiGraph) -> PassResult:
                 errors.add(err.span, err.message, err.hint)
     errors.raise_if_any()
 
+    typer.lets = {d["name"]: d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.LET}
     for node, data in graph.nodes(data=True):
         decl = data["decl"]
         try:
-            if data["kind"] is NodeKind.DYNAMICS:
+            if data["kind"] is NodeKind.LET:
+                modified |= annotate(graph, node, "ir", typer.let(decl.name), _fp)
+            elif data["kind"] is NodeKind.GUESS:
+                info.guesses[decl.target] = typer.guess(decl)
+                modified |= annotate(graph, node, "ir", info.guesses[decl.target], _fp)
+            elif data["kind"] is NodeKind.DYNAMICS:
                 modified |= annotate(graph, node, "ir", typer.dynamics(decl), _fp)
                 modified |= annotate(graph, node, "integrator", typer.integrator(decl))
             elif data["kind"] is NodeKind.COST:
                 modified |= annotate(graph, node, "ir", typer.cost(decl), _fp)
+                _check_final_cost(decl, data["ir"])
             elif data["kind"] is NodeKind.CONSTRAINT:
                 ir, sense = typer.constraint(decl)
                 modified |= annotate(graph, node, "ir", ir, _fp)
@@ -148,6 +155,14 @@ def _literal(expr: ast.Expr, const: ConstLookup, errors: Collector):
     return None
 
 
+def _check_final_cost(decl: ast.CostDecl, ir: Expr) -> None:
+    """`cost final` sees states only (through `let` definitions too)."""
+    controls = sorted(r.name for r in ir.variables() if r.kind is ast.VarKind.CONTROL)
+    if decl.when is ast.When.FINAL and controls:
+        raise Located(decl.expr.span, f"cost final sees states only, but this uses control '{controls[0]}' "
+                                      "(through a `let`)", "move this term to a `cost stage` line")
+
+
 def _fp(expr) -> str:
     return expr.as_text() if isinstance(expr, Expr) else repr(expr)
 
@@ -184,6 +199,32 @@ class Typer:
 
     def __init__(self, info: PlanInfo):
         self.info = info
+        self.lets: dict[str, ast.LetDecl] = {}      # `let` declarations, typed on first use
+
+    def let(self, name: str) -> Expr:
+        """The typed expression of `let name = ...` (memoized; cycles were rejected by resolve)."""
+        if name not in self.info.lets:
+            self.info.lets[name] = self.expr(self.lets[name].expr)
+        return self.info.lets[name]
+
+    def guess(self, decl: ast.GuessDecl) -> Expr:
+        """`guess u = e`: e has the control's shape (one value for every stage) or [T, *shape]."""
+        var = self.info.variables.get(decl.target)
+        if var is None or var.ref.kind is not ast.VarKind.CONTROL:
+            raise Located(decl.target_span, f"`guess` sets the initial value of a control; '{decl.target}' is not one")
+        typed = self.expr(decl.expr)
+        if any(r.is_decision for r in typed.variables()):
+            raise Located(decl.expr.span, "a guess cannot depend on states or controls",
+                          "use numbers, consts, params and inputs")
+        per_stage = (self.info.horizon,) + var.shape
+        for target in (var.shape, per_stage):
+            try:
+                if broadcast(typed.shape, target) == target:
+                    return typed
+            except ShapeError:
+                pass
+        raise Located(decl.expr.span, f"guess has shape {format_shape(typed.shape)}; '{decl.target}' is "
+                                      f"{format_shape(var.shape)} (or {format_shape(per_stage)} per stage)")
 
     # ----------------------------------------------------------- declarations
     def const_value(self, expr: ast.Expr) -> torch.Tensor:
@@ -323,6 +364,8 @@ class Typer:
     def _name(self, e: ast.Name) -> Expr:
         if e.id == "pi":
             return Expr(Op.CONST, (), (), e.span, torch.tensor(math.pi, dtype=torch.float64))
+        if e.id in self.lets:
+            return self.let(e.id)
         if e.id in self.info.consts:
             value = self.info.consts[e.id]
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
