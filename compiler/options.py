@@ -127,6 +127,25 @@ class ListOf(OptionType):
 
 
 @dataclass(frozen=True)
+class NumberOrList(OptionType):
+    """A number, or a list of numbers (e.g. a noise level per control)."""
+
+    minimum: float | None = None
+
+    @property
+    def describe(self) -> str:
+        return "a number or a list of numbers" + (f" >= {self.minimum:g}" if self.minimum is not None else "")
+
+    def parse(self, expr, const):
+        number = Number(minimum=self.minimum)
+        return ListOf(number).parse(expr, const) if isinstance(expr, ast.Array) else number.parse(expr, const)
+
+    def coerce(self, value):
+        number = Number(minimum=self.minimum)
+        return ListOf(number).coerce(value) if isinstance(value, (list, tuple)) else number.coerce(value)
+
+
+@dataclass(frozen=True)
 class Structured:
     """A value like `implicit(cg, iters=20)`: its name and its arguments by name."""
 
@@ -158,6 +177,10 @@ class Variant(OptionType):
         if isinstance(expr, ast.Name):
             return Structured(name, schema.defaults())
         return Structured(name, schema.parse_call(expr, const))
+
+    def parse_default(self, name: str) -> Structured:
+        """The form `name` with its default arguments (an option's default value)."""
+        return Structured(name, self.forms[name].defaults())
 
     def coerce(self, value):
         if isinstance(value, Structured) and value.name in self.forms:

@@ -50,6 +50,23 @@ class _Lowered:
     def final_cost(self, env: Env, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return _total(self.numeric_final, {**env, **self.layout.numeric(x, None)}, like, x.shape[0])
 
+    def control_bounds(self, env: Env, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Control limits as (b, 1, m) tensors (+-inf where a control has none)."""
+        controls = self.layout.controls
+        if all(v.lower is None for v in controls):
+            return None, None
+        lows, highs = [], []
+        for var in controls:
+            for bound, fill, out in ((var.lower, -torch.inf, lows), (var.upper, torch.inf, highs)):
+                if bound is None:
+                    out.append(like.new_full((1, var.size), fill))
+                else:
+                    value = qf.pad_rank(evaluate(bound, env, like), 1)
+                    out.append(value.expand(value.shape[0], var.size))
+        batch = max(t.shape[0] for t in lows + highs)
+        cat = lambda parts: torch.cat([p.expand(batch, -1) for p in parts], dim=1).unsqueeze(1)
+        return cat(lows), cat(highs)
+
     def initial_controls(self, env: Env, batch: int, like: torch.Tensor, warm: torch.Tensor | None) -> torch.Tensor:
         """u (B, T, m) to start an iterative solver from: the warm start if given, else the plan's
         `guess` lines (one value for every stage, or one per stage), else zeros."""
@@ -136,29 +153,12 @@ class ILQRBackend(_Lowered):
         options = ILQROptions(max_iters=opts["iters"], tol=max(opts["tol"], 100 * torch.finfo(like.dtype).eps),
                               backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton")
 
-        lower, upper = self._bounds(env, like)
+        lower, upper = self.control_bounds(env, like)
         exact = self._exact(env, like) if self.parts.has_jets else ExactDerivatives()
         problem = ILQRProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),
                               lambda x: self.final_cost(env, x, like), lower, upper, exact)
         sol = ilqr(problem, x0, self.initial_controls(env, batch, like, warm), options)
         return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual)
-
-    def _bounds(self, env: Env, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Control limits as (b, 1, m) tensors (+-inf where a control has none)."""
-        controls = self.layout.controls
-        if all(v.lower is None for v in controls):
-            return None, None
-        lows, highs = [], []
-        for var in controls:
-            for bound, fill, out in ((var.lower, -torch.inf, lows), (var.upper, torch.inf, highs)):
-                if bound is None:
-                    out.append(like.new_full((1, var.size), fill))
-                else:
-                    value = qf.pad_rank(evaluate(bound, env, like), 1)
-                    out.append(value.expand(value.shape[0], var.size))
-        batch = max(t.shape[0] for t in lows + highs)
-        cat = lambda parts: torch.cat([p.expand(batch, -1) for p in parts], dim=1).unsqueeze(1)
-        return cat(lows), cat(highs)
 
     def _exact(self, env: Env, like) -> ExactDerivatives:
         """Jacobians, gradients, Hessians and dynamics curvature of all stages at once, from jets."""

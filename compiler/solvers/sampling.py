@@ -1,0 +1,81 @@
+"""`solve mppi(...)` and `solve cem(...)`: sampling planners (runtime.sampling) on any costs.
+
+They need no derivatives and take non-smooth costs (abs, relu, min, max, clip), neural blocks
+and control bounds. `seed` fixes the noise: the same plan gives the same solve every call
+(common random numbers, which the gradient estimators assume; see runtime.sampling).
+"""
+from __future__ import annotations
+
+import torch
+
+from compiler.lower.backends import _Lowered
+from compiler.lower.sampled import SampledCallables
+from compiler.options import Number, NumberOrList, Option, Schema, Symbol
+from compiler.solution import Solution
+from compiler.solvers.base import ConstraintSupport, Solver
+from runtime.sampling import CEMOptions, MPPIOptions, SamplingProblem, cem, mppi
+
+_SAMPLES = Option(Number(integer=True, minimum=1), 256, "sampled control sequences per batch element (K)")
+_SEED = Option(Number(integer=True, minimum=0), 0, "seed of the noise (the same seed gives the same plan)")
+_FUSE = Option(Symbol(("off", "on")), "off",
+               "on: compile the iterations with torch.compile when no gradient is needed (first solve pays it)")
+
+
+class SamplingBackend(_Lowered):
+    """Binds the plan's callables over (B, K) samples and runs one sampling planner."""
+
+    def __init__(self, graph, info, layout, planner, options):
+        super().__init__(graph, info, layout)
+        self.planner, self.options = planner, options
+
+    def __call__(self, env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
+        batch = x0.shape[0]
+        calls = SampledCallables(self, env, like, batch)
+        lower, upper = self.control_bounds(env, like)
+        problem = SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
+                                  vectorized_cost=True, fuse=self.info.options["fuse"] == "on")
+        generator = torch.Generator(device=x0.device).manual_seed(int(self.info.options["seed"]))
+        sol = self.planner(problem, x0, self.initial_controls(env, batch, like, warm), self.options, generator)
+        return Solution(sol.x, sol.u, sol.cost, sol.status, self.info.solver, iterations=sol.iterations)
+
+
+class MPPI(Solver):
+    name = "mppi"
+    doc = "model predictive path integral control: softmin-weighted mean of sampled control sequences"
+    options = Schema(samples=_SAMPLES,
+                     temperature=Option(Number(minimum=1e-12), 1.0, "lambda of the softmin weights"),
+                     noise=Option(NumberOrList(minimum=1e-12), 0.5, "std of the control noise (scalar or per control)"),
+                     iters=Option(Number(integer=True, minimum=1), 1, "iterations per solve"),
+                     control_cost=Option(Number(minimum=0), 1.0, "weight of the information-theoretic control cost"),
+                     seed=_SEED, fuse=_FUSE)
+    smooth = False
+    constraints = ConstraintSupport.CONTROL_BOX
+
+    def backend(self, graph, info, layout):
+        o = info.options
+        options = MPPIOptions(samples=o["samples"], temperature=o["temperature"], noise=o["noise"],
+                              iters=o["iters"], control_cost=o["control_cost"])
+        return SamplingBackend(graph, info, layout, mppi, options)
+
+
+class CEM(Solver):
+    name = "cem"
+    doc = "cross-entropy method: refit a Gaussian to the elite samples"
+    options = Schema(samples=_SAMPLES,
+                     elites=Option(Number(integer=True, minimum=1), 32, "samples kept per iteration"),
+                     iters=Option(Number(integer=True, minimum=1), 5, "iterations per solve"),
+                     noise=Option(NumberOrList(minimum=1e-12), 0.5, "initial std (scalar or per control)"),
+                     momentum=Option(Number(minimum=0, maximum=0.999), 0.0, "smoothing of mean and std updates"),
+                     min_std=Option(Number(minimum=0), 0.0, "floor of the std"),
+                     temperature=Option(Number(minimum=1e-12), 1.0, "lambda of the final soft elite mean"),
+                     seed=_SEED, fuse=_FUSE)
+    smooth = False
+    constraints = ConstraintSupport.CONTROL_BOX
+
+    def backend(self, graph, info, layout):
+        o = info.options
+        if o["elites"] > o["samples"]:
+            raise ValueError(f"solve cem needs elites <= samples, got {o['elites']} > {o['samples']}")
+        options = CEMOptions(samples=o["samples"], elites=o["elites"], iters=o["iters"], noise=o["noise"],
+                             momentum=o["momentum"], min_std=o["min_std"], temperature=o["temperature"])
+        return SamplingBackend(graph, info, layout, cem, options)
