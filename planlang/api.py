@@ -55,6 +55,12 @@ def _refuse_imports(graph, plan: Plan) -> None:
                 plan.source)
 
 
+def _checked_options(solver: str, options: dict) -> dict:
+    from compiler.solvers import SOLVERS
+
+    return SOLVERS[solver].options.coerce_all(options, owner=f"solve {solver}")
+
+
 def check(plan: Plan, **options):
     """Solve `plan` with the compiled module and an independent reference; see `planlang.check`."""
     from planlang.checking import check_plan

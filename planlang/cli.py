@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="run N steps of receding-horizon MPC (warm-started) instead of one open-loop solve")
     run.add_argument("--system", type=Path, metavar="TRUE.plan",
                      help="with --closed-loop: advance this plan's dynamics as the true system")
+    run.add_argument("--env", nargs="?", const="", metavar="ID",
+                     help="with --closed-loop N: drive a gymnasium environment (default: the plan's `env` block) "
+                          "and report the episode return")
+    run.add_argument("--seed", type=int, default=0, help="with --env: the environment's reset seed")
     run.set_defaults(handler=_run)
 
     graph = verbs.add_parser("graph", help="show the declaration graph (optionally after a compiler pass)")
@@ -89,8 +93,10 @@ def _run(args) -> int:
     module = planlang.compile(plan, dtype=dtype, allow_imports=args.allow_imports)
     values = dict(parse_assignment(s) for s in args.set)
     values = {k: v.to(dtype) for k, v in values.items()}
-    if args.system and not args.closed_loop:
-        raise ValueError("--system needs --closed-loop N")
+    if (args.system or args.env is not None) and not args.closed_loop:
+        raise ValueError("--system and --env need --closed-loop N")
+    if args.env is not None:
+        return _drive(module, args, values)
     with torch.no_grad():
         if args.closed_loop is not None:
             system = planlang.compile(planlang.load(args.system), dtype=dtype) if args.system else None
@@ -110,6 +116,24 @@ def _run(args) -> int:
         plot_solution(module, sol, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if bool(sol.ok.all()) else EXIT_FAIL
+
+
+def _drive(module, args, values) -> int:
+    start = time.perf_counter()
+    episode = module.drive(steps=args.closed_loop, seed=args.seed, env=args.env or None, **values)
+    elapsed = time.perf_counter() - start
+    steps = len(episode.rewards)
+    record = {"plan": module.plan_name, "solver": module.solver, "env": args.env or module.info.env.id,
+              "steps": steps, "return": episode.return_, "time_s": elapsed,
+              "ms_per_step": 1e3 * elapsed / max(steps, 1)}
+    if args.json:
+        print(json.dumps({**record, "rewards": episode.rewards.tolist(), "actions": episode.actions.tolist()}, indent=2))
+    else:
+        print("\n".join(f"{k:<12}{v:.6g}" if isinstance(v, float) else f"{k:<12}{v}" for k, v in record.items()))
+    if args.plot:
+        from planlang.plot import plot_episode
+        plot_episode(episode, args.plot)
+    return EXIT_OK
 
 
 def _summary(module, sol, elapsed: float) -> str:

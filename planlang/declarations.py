@@ -44,6 +44,7 @@ class Declaration:
 
     ast_type: type
     kind: NodeKind
+    local_names = False     # True: names in options may be the block's own (checked by its consumer)
 
     def node_id(self, decl, ordinal: Ordinal) -> str:
         return self.kind.value
@@ -240,6 +241,7 @@ class Braced(Declaration):
     """`train { ... }` and `env "..." { ... }`: settings validated by their consumers' schemas."""
 
     ast_type = ast.BracedDecl
+    local_names = True
 
     def __init__(self, kind: NodeKind):
         self.kind = kind

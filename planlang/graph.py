@@ -76,7 +76,8 @@ def _references(decl, blocks: dict[str, str]) -> list[tuple[ast.Name, bool]]:
         refs += [(n, True) for n in ast.names_in(expr)]
         refs += [(ast.Name(c.span, c.func), False) for c in ast.walk(expr)
                  if isinstance(c, ast.Call) and c.func in blocks]
-    refs += [ref for expr in kind.options(decl) for ref in _option_names(expr)]
+    refs += [(name, required and not kind.local_names) for expr in kind.options(decl)
+             for name, required in _option_names(expr)]
     if isinstance(decl, ast.ContinualDecl):
         refs.append((ast.Name(decl.block_span, decl.block), True))
     return refs

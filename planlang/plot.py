@@ -31,3 +31,27 @@ def plot_solution(module, sol, path: Path, element: int = 0) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_episode(episode, path: Path) -> None:
+    """Observations, actions and rewards of a closed-loop episode (`runtime.gym_env.Episode`)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 6.6), sharex=True)
+    for values, ax, label in ((episode.observations, axes[0], "observation"), (episode.actions, axes[1], "action")):
+        flat = values.reshape(values.shape[0], -1)
+        for k in range(flat.shape[1]):
+            ax.plot(flat[:, k], label=f"{label}[{k}]")
+        ax.set_ylabel(label)
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[2].plot(episode.rewards)
+    axes[2].set_ylabel("reward")
+    axes[2].set_xlabel("step")
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(f"episode return {episode.return_:.4g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

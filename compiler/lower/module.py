@@ -206,6 +206,36 @@ class PlanModule(nn.Module):
         out.step_status = step_status
         return out
 
+    def drive(self, steps: int | None = None, seed: int | None = None, env=None, start=None, **values):
+        """Closed-loop MPC on a gymnasium environment; returns `runtime.gym_env.Episode`.
+
+        Each step maps the observation to the plan's state (the `env` block's `state = ...`), solves
+        from it warm-started with the previous plan shifted by one stage, and applies the first
+        control; the episode's return is the sum of the environment's own rewards. `env` is an
+        environment object or id (default: the plan's `env` block), `steps` the episode length
+        (default: the block's), `start(env) -> obs` optionally sets the initial state after reset.
+        """
+        from runtime.gym_env import make_env, run_episode
+
+        spec = self.info.env
+        if spec is None and (env is None or isinstance(env, str)):
+            raise ValueError(f"{self.plan_name}: the plan has no `env` block, so it cannot say how an "
+                             "observation maps to its state")
+        gym = make_env(env or spec.id) if env is None or isinstance(env, str) else env
+        like = self._witness(values)
+        bound, _, like = self.bind(values, initial_states=False, like=like)
+        warm = None
+
+        def controller(obs: torch.Tensor) -> torch.Tensor:
+            nonlocal warm
+            x = spec.observe(bound, obs.to(like).reshape(1, -1), like)
+            sol = self.backend(bound, x, like, warm)
+            warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], dim=1)
+            return sol.u[0, 0]
+
+        with torch.no_grad():
+            return run_episode(gym, controller, steps or spec.steps, seed=seed, start=start, dtype=like.dtype)
+
     def _solution_layout(self) -> dict:
         out, offsets = {}, self.layout.offsets()
         n = self.layout.n

@@ -14,6 +14,7 @@ import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import PlanInfo, VarInfo
+from compiler.envs import env_spec
 from compiler.evaluate import evaluate
 from compiler.functions import FUNCTIONS, ShapeError, broadcast, format_shape
 from compiler.ir import Expr, Op, Shape, VarRef
@@ -68,6 +69,8 @@ def run(graph: nx.DiGraph) -> PassResult:
     errors.raise_if_any()
 
     typer.lets = {d["name"]: d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.LET}
+    if "env" in graph:
+        info.env = env_spec(graph.nodes["env"]["decl"], info, lambda scope: _scoped(typer, scope), errors)
     for node, data in graph.nodes(data=True):
         decl = data["decl"]
         try:
@@ -153,6 +156,13 @@ def _literal(expr: ast.Expr, const: ConstLookup, errors: Collector):
         return expr.id
     errors.add(expr.span, "block arguments must be numbers, strings, names or lists of them")
     return None
+
+
+def _scoped(typer: "Typer", scope: PlanInfo) -> "Typer":
+    """A typer over another scope that still sees the plan's `let` definitions."""
+    local = Typer(scope)
+    local.lets = typer.lets
+    return local
 
 
 def _check_final_cost(decl: ast.CostDecl, ir: Expr) -> None:
