@@ -5,7 +5,7 @@ from typing import Callable
 
 import networkx as nx
 
-from compiler.passes import PassResult, classify, eligibility, resolve, shapes
+from compiler.passes import PassResult, classify, eligibility, lower, resolve, shapes
 from compiler.verify import verify
 
 PASSES: tuple[tuple[str, Callable[[nx.DiGraph], PassResult]], ...] = (
@@ -13,6 +13,7 @@ PASSES: tuple[tuple[str, Callable[[nx.DiGraph], PassResult]], ...] = (
     (shapes.NAME, shapes.run),
     (classify.NAME, classify.run),
     (eligibility.NAME, eligibility.run),
+    (lower.NAME, lower.run),
 )
 PASS_NAMES = tuple(name for name, _ in PASSES)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import networkx as nx
 
 from compiler.ir import Expr
-from compiler.passes import classify, eligibility, resolve, shapes
+from compiler.passes import classify, eligibility, lower, resolve, shapes
 from planlang.graph import NodeKind
 from planlang.source import Span
 
@@ -19,7 +19,7 @@ def _expect(cond: bool, message: str) -> None:
 
 
 def verify(graph: nx.DiGraph, after: str) -> None:
-    order = (resolve.NAME, shapes.NAME, classify.NAME, eligibility.NAME)
+    order = (resolve.NAME, shapes.NAME, classify.NAME, eligibility.NAME, lower.NAME)
     stage = order.index(after)
     for node, data in graph.nodes(data=True):
         _expect(isinstance(data.get("kind"), NodeKind), f"{node}: kind missing")
@@ -41,3 +41,5 @@ def verify(graph: nx.DiGraph, after: str) -> None:
         _expect(info is not None and info.horizon >= 1, "plan_info missing after shapes")
     if stage >= 3:
         _expect(graph.graph["plan_info"].solver != "", "solver not set after eligibility")
+    if stage >= 4:
+        _expect(hasattr(graph.graph.get("lowered"), "as_text"), "no backend after lower")

@@ -21,6 +21,7 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     """
     from compiler.blocks import BlockError
     from compiler.lower.module import PlanModule
+    from compiler.passes import lower
     from compiler.pipeline import run_passes
 
     graph = plan.graph
@@ -32,11 +33,12 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
         graph.nodes["solve"]["decl"] = ast.SolveDecl(decl.span, solver, ())
         graph.nodes["solve"]["solver"] = solver
     try:
-        graph = run_passes(graph)
+        graph = run_passes(graph, until="eligibility")
     except PlanError as err:
         raise err.with_source(plan.source) from None
     if options:
         graph.graph["plan_info"].options.update(_checked_options(graph.graph["plan_info"].solver, options))
+    graph = lower.run(graph).graph
     if not allow_imports:
         _refuse_imports(graph, plan)
     try:

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     graph = verbs.add_parser("graph", help="show the declaration graph (optionally after a compiler pass)")
     graph.add_argument("file", type=Path)
     graph.add_argument("--format", choices=("text", "dot", "json"), default="text")
-    graph.add_argument("--after", metavar="PASS", help="show the graph after this pass (resolve, shapes, classify, eligibility)")
+    graph.add_argument("--after", metavar="PASS", help="show the graph after this pass (resolve, shapes, classify, eligibility, lower)")
     graph.set_defaults(handler=_graph)
 
     check = verbs.add_parser("check", help="compare the compiled solver with a cvxpy reference and finite differences")
@@ -181,6 +181,8 @@ def _graph(args) -> int:
             raise err.with_source(plan.source) from None
     render = {"text": dump.to_text, "dot": dump.to_dot, "json": dump.to_json}[args.format]
     print(render(graph))
+    if args.after == "lower" and args.format == "text":
+        print(graph.graph["lowered"].as_text())
     return EXIT_OK
 
 

@@ -39,6 +39,14 @@ class _Lowered:
         self.numeric_stage = [NumericFunction(e, f"stage_cost_{i}") for i, e in enumerate(self.stage_costs)]
         self.numeric_final = [NumericFunction(e, f"final_cost_{i}") for i, e in enumerate(self.final_costs)]
 
+    def as_text(self) -> str:
+        """The lowered plan: solver, options and the generated code of dynamics and costs."""
+        options = ", ".join(f"{k}={v}" for k, v in self.info.options.items())
+        functions = [*self.transition.numeric.values(), *self.numeric_stage, *self.numeric_final]
+        head = f"{type(self).__name__}: solve {self.info.solver}({options}), horizon {self.horizon}, " \
+               f"n={self.layout.n}, m={self.layout.m}, exact jets: {'yes' if self.parts.has_jets else 'no (autodiff)'}"
+        return "\n".join([head] + [f.as_source() for f in functions])
+
     def step(self, env: Env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """x_{t+1} (B, n) from x (B, n) and u (B, m)."""
         return self.transition.stacked({**env, **self.layout.numeric(x, u)}, like)

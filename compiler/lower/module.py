@@ -46,9 +46,7 @@ class PlanModule(nn.Module):
                 buffer = f"default_{var.ref.kind.value}_{var.ref.name}"
                 self.register_buffer(buffer, value.to(dtype))
                 self._defaults[var.ref.name] = buffer
-        from compiler.solvers import SOLVERS
-
-        self.backend = SOLVERS[self.info.solver].backend(graph, self.info, self.layout)
+        self.backend = graph.graph["lowered"]
 
     @property
     def horizon(self) -> int:

@@ -26,7 +26,7 @@ class SamplingBackend(_Lowered):
 
     def __init__(self, graph, info, layout, planner, options):
         super().__init__(graph, info, layout)
-        self.planner, self.options = planner, options
+        self.planner, self.options = planner, options     # options: info.options -> runtime options
 
     def __call__(self, env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
         batch = x0.shape[0]
@@ -35,7 +35,8 @@ class SamplingBackend(_Lowered):
         problem = SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
                                   vectorized_cost=True, fuse=self.info.options["fuse"] == "on")
         generator = torch.Generator(device=x0.device).manual_seed(int(self.info.options["seed"]))
-        sol = self.planner(problem, x0, self.initial_controls(env, batch, like, warm), self.options, generator)
+        sol = self.planner(problem, x0, self.initial_controls(env, batch, like, warm), self.options(self.info.options),
+                           generator)
         return Solution(sol.x, sol.u, sol.cost, sol.status, self.info.solver, iterations=sol.iterations)
 
 
@@ -52,10 +53,9 @@ class MPPI(Solver):
     constraints = ConstraintSupport.CONTROL_BOX
 
     def backend(self, graph, info, layout):
-        o = info.options
-        options = MPPIOptions(samples=o["samples"], temperature=o["temperature"], noise=o["noise"],
-                              iters=o["iters"], control_cost=o["control_cost"])
-        return SamplingBackend(graph, info, layout, mppi, options)
+        return SamplingBackend(graph, info, layout, mppi, lambda o: MPPIOptions(
+            samples=o["samples"], temperature=o["temperature"], noise=o["noise"], iters=o["iters"],
+            control_cost=o["control_cost"]))
 
 
 class CEM(Solver):
@@ -72,10 +72,15 @@ class CEM(Solver):
     smooth = False
     constraints = ConstraintSupport.CONTROL_BOX
 
+    def accepts(self, graph, info):
+        problems = super().accepts(graph, info)
+        if info.options.get("elites", 0) > info.options.get("samples", 1):
+            span = graph.nodes["solve"]["span"]
+            problems.append((span, f"solve cem needs elites <= samples, got {info.options['elites']} > "
+                                   f"{info.options['samples']}", ""))
+        return problems
+
     def backend(self, graph, info, layout):
-        o = info.options
-        if o["elites"] > o["samples"]:
-            raise ValueError(f"solve cem needs elites <= samples, got {o['elites']} > {o['samples']}")
-        options = CEMOptions(samples=o["samples"], elites=o["elites"], iters=o["iters"], noise=o["noise"],
-                             momentum=o["momentum"], min_std=o["min_std"], temperature=o["temperature"])
-        return SamplingBackend(graph, info, layout, cem, options)
+        return SamplingBackend(graph, info, layout, cem, lambda o: CEMOptions(
+            samples=o["samples"], elites=o["elites"], iters=o["iters"], noise=o["noise"], momentum=o["momentum"],
+            min_std=o["min_std"], temperature=o["temperature"]))

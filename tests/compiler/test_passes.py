@@ -107,7 +107,7 @@ def test_first_runs_report_what_they_change():
     for name, run in PASSES:
         result = run(graph)
         modified[name], graph = result.modified, result.graph
-    assert modified == {"resolve": False, "shapes": True, "classify": True, "eligibility": True}
+    assert modified == {"resolve": False, "shapes": True, "classify": True, "eligibility": True, "lower": True}
 
 
 def test_run_passes_copies_the_graph():
@@ -129,8 +129,10 @@ def test_until_stops_after_the_named_pass():
     assert after["classify"].graph["plan_info"].solver == ""
     info = after["eligibility"].graph["plan_info"]
     assert (info.solver, info.options["iters"]) == ("qp", 20)
-    with pytest.raises(ValueError, match="unknown pass 'lower'"):
-        run_passes(graph, until="lower")
+    assert "lowered" not in after["eligibility"].graph
+    assert "def stage_cost_0" in after["lower"].graph["lowered"].as_text()
+    with pytest.raises(ValueError, match="unknown pass 'codegen'"):
+        run_passes(graph, until="codegen")
 
 
 def test_eligibility_fills_option_defaults():
