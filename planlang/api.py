@@ -22,6 +22,7 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     from compiler.blocks import BlockError
     from compiler.lower.module import PlanModule
     from compiler.passes import lower
+    from compiler.solvers import SOLVERS
     from compiler.pipeline import run_passes
 
     graph = plan.graph
@@ -37,7 +38,11 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     except PlanError as err:
         raise err.with_source(plan.source) from None
     if options:
-        graph.graph["plan_info"].options.update(_checked_options(graph.graph["plan_info"].solver, options))
+        info = graph.graph["plan_info"]
+        info.options.update(_checked_options(info.solver, options))
+        problems = SOLVERS[info.solver].validate(info.options)
+        if problems:
+            raise ValueError("; ".join(problems))
     graph = lower.run(graph).graph
     if not allow_imports:
         _refuse_imports(graph, plan)

@@ -30,6 +30,9 @@ def run(graph: nx.DiGraph) -> PassResult:
     if decl.positional:
         errors.add(decl.positional[0].span, "solver options are given by name", "e.g. `solve ilqr(iters=50)`")
     options = solver.options.parse(decl.options, constant_lookup(info), errors, owner=f"solve {solver.name}")
+    if not errors.diagnostics:
+        for message in solver.validate(options):
+            errors.add(decl.span, message)
     problems = solver.accepts(graph, info)
     if problems:
         takers = [name for name in PREFERENCE if name != solver.name and not SOLVERS[name].accepts(graph, info)]

@@ -73,6 +73,10 @@ class Solver:
             out += _convexity_problems(graph, info)
         return out
 
+    def validate(self, options: dict) -> list[str]:
+        """What is wrong with a combination of options (each option alone is checked by its type)."""
+        return []
+
     def backend(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
         raise NotImplementedError(f"solve {self.name} has no backend")
 
@@ -132,6 +136,8 @@ def _convexity_problems(graph: nx.DiGraph, info: PlanInfo) -> list[Problem]:
         if not var.ref.is_decision:
             value = default_value(var)
             env[var.ref] = (torch.zeros(var.shape, dtype=torch.float64) if value is None else value).unsqueeze(0)
+    for callee in info.blocks.values():        # blocks of constants: their value at initialization
+        env[callee.ref] = callee.build().to(torch.float64)
     nz = layout.n + layout.m
     out = []
     for _, data in graph.nodes(data=True):

@@ -72,13 +72,10 @@ class CEM(Solver):
     smooth = False
     constraints = ConstraintSupport.CONTROL_BOX
 
-    def accepts(self, graph, info):
-        problems = super().accepts(graph, info)
-        if info.options.get("elites", 0) > info.options.get("samples", 1):
-            span = graph.nodes["solve"]["span"]
-            problems.append((span, f"solve cem needs elites <= samples, got {info.options['elites']} > "
-                                   f"{info.options['samples']}", ""))
-        return problems
+    def validate(self, options):
+        if options["elites"] > options["samples"]:
+            return [f"solve cem needs elites <= samples, got {options['elites']} > {options['samples']}"]
+        return []
 
     def backend(self, graph, info, layout):
         return SamplingBackend(graph, info, layout, cem, lambda o: CEMOptions(
