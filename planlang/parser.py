@@ -120,6 +120,9 @@ def _describe(err: lark.exceptions.UnexpectedInput, text: str) -> Diagnostic:
         hint = did_you_mean(tok.value, ["positive", "psd"])
         if hint:
             return Diagnostic(span, f"unknown modifier '{tok.value}'", hint)
+    if tok.type == "PRIME":
+        return Diagnostic(span, "unexpected quote '", "strings use double quotes: \"...\"; x' is the state at t+1 "
+                                                      "only on the left of a dynamics line")
     if tok.type == "_NL":
         return Diagnostic(span, "unexpected end of line", _expected_words(expected))
     return Diagnostic(span, f"unexpected {shown}", _expected_words(expected))
@@ -139,7 +142,7 @@ def _expected_words(expected: set[str]) -> str:
         else:
             words.append({"NAME": "a name", "NUMBER": "a number", "INT": "an integer", "CMP": "'<=', '>=' or '=='",
                           "VAR_KIND": "a declaration keyword", "WHEN": "'stage' or 'final'",
-                          "DOCSTRING": "a doc string"}.get(name, name.lower()))
+                          "DOCSTRING": "a doc string", "STRING": "a string"}.get(name, name.lower()))
     return "expected " + (words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1])
 
 
