@@ -68,6 +68,10 @@ def run(graph: nx.DiGraph) -> PassResult:
                 errors.add(err.span, err.message, err.hint)
     errors.raise_if_any()
 
+    for _, data in graph.nodes(data=True):
+        if data["kind"] is NodeKind.CONTINUAL:
+            errors.add(data["span"], "`continual` declarations are parsed but not compiled yet",
+                       "train the block without it for now (see docs/language.md)")
     typer.lets = {d["name"]: d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.LET}
     if "env" in graph:
         info.env = env_spec(graph.nodes["env"]["decl"], info, lambda scope: _scoped(typer, scope), errors)
