@@ -53,13 +53,17 @@ class CrossReport:
 
 
 def cross_check(plan, solvers: list[str] | None = None, tol: float = 1e-8, seed: int = 0) -> CrossReport:
-    """Solve `plan` with every solver that takes it (or `solvers`) and compare against the first."""
+    """Solve `plan` with every exact solver that takes it (or `solvers`) and compare against the first.
+
+    Exact solvers converge to the optimum to their tolerance (lqr, qp, ilqr); first-order descent
+    and the sampling planners are approximate and are not cross-checked."""
     from compiler.passes.eligibility import accepting_solvers
     from compiler.pipeline import run_passes
+    from compiler.solvers import SOLVERS
 
     start = time.perf_counter()
     if solvers is None:
-        solvers = accepting_solvers(run_passes(plan.graph, until="classify"))
+        solvers = [s for s in accepting_solvers(run_passes(plan.graph, until="classify")) if SOLVERS[s].exact]
     sides = {}
     rng = np.random.default_rng(seed)
     tensors = Wx = Wu = None

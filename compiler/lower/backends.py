@@ -6,7 +6,7 @@ optional warm start for the controls (B, T, m).
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import networkx as nx
 import torch
@@ -16,7 +16,8 @@ from compiler.codegen import NumericFunction
 from compiler.context import PlanInfo
 from compiler.evaluate import Env, evaluate
 from compiler.layout import Layout
-from compiler.lower.quadratic import PlanParts, QuadraticData, extract, sum_costs
+from compiler.lower.quadratic import QuadraticData, extract, sum_costs
+from compiler.problem import TrajectoryProblem
 from compiler.solution import Solution
 from runtime.ilqr import ILQRBackward, ILQROptions, ILQRProblem, ilqr
 from runtime.ilqr_derivatives import ExactDerivatives
@@ -33,7 +34,7 @@ class _Lowered:
 
     def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
         self.info, self.layout, self.horizon = info, layout, info.horizon
-        self.parts = PlanParts.of(graph, layout)
+        self.parts = TrajectoryProblem.of(graph, layout)
         self.transition = self.parts.transition
         self.stage_costs, self.final_costs = self.parts.stage_costs, self.parts.final_costs
         self.numeric_stage = [NumericFunction(e, f"stage_cost_{i}") for i, e in enumerate(self.stage_costs)]
@@ -156,7 +157,7 @@ class ILQRBackend(_Lowered):
     """
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
-        batch, T, layout = x0.shape[0], self.horizon, self.layout
+        batch = x0.shape[0]
         opts = self.info.options
         options = ILQROptions(max_iters=opts["iters"], tol=max(opts["tol"], 100 * torch.finfo(like.dtype).eps),
                               backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton")

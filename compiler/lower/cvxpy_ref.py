@@ -35,6 +35,7 @@ import torch
 from compiler.context import PlanInfo
 from compiler.ir import Expr, Op, Shape, VarRef
 from compiler.layout import Layout
+from compiler.problem import Placement, box_placement, placement
 from planlang.ast import Cmp, VarKind, When
 from planlang.graph import NodeKind
 
@@ -332,6 +333,8 @@ FUNCTION_RULES: dict[str, Callable[[Expr, list], Value]] = {
     "norm": _numeric(lambda v: np.sqrt(np.sum(np.square(v)))),
     "min": _numeric(_minmax(np.min, np.minimum)), "max": _numeric(_minmax(np.max, np.maximum)),
     "clip": _numeric(lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi)),
+    "atan2": _numeric(np.arctan2), "wrap": _numeric(lambda v: np.remainder(v + np.pi, 2 * np.pi) - np.pi),
+    "mod": _numeric(np.remainder),
     "sum": _sum, "dot": _dot, "quad": _quad, "diag": _diag, "cat": _cat,
 }
 
@@ -456,15 +459,14 @@ class ReferenceProblem:
             constraints.append(self.X[1:, offsets[var.ref]] == rhs)
         for _, data in nodes:
             if data["kind"] is NodeKind.CONSTRAINT:
-                controls = any(r.kind is VarKind.CONTROL for r in data["ir"].variables())
-                value = lower(data["ir"], now if controls else after)
+                value = lower(data["ir"], now if placement(data["ir"]) is Placement.STAGE else after)
                 if not isinstance(value, Rows):
                     raise Unrepresentable(f"constraint at {_where(data['ir'])} does not involve a state or control")
                 constraints.append(value.expr == 0 if data["sense"] is Cmp.EQ else value.expr <= 0)
         for var in layout.states + layout.controls:
             if var.lower is None:
                 continue
-            env = now if var.ref.kind is VarKind.CONTROL else after
+            env = now if box_placement(var) is Placement.STAGE else after
             value = env[var.ref]
             for bound, sign in ((var.lower, -1.0), (var.upper, 1.0)):
                 limit = _tiled(lower(bound, env), var.shape, T)

@@ -5,24 +5,19 @@ each cost evaluates to k + c'z + 1/2 z'Cz, the transition (dynamics, integrated 
 to f + F z, and each affine constraint to g + G z (<= 0 or == 0). Costs, dynamics and constraints are the same at every
 stage, so the data is time-invariant and expanded over the horizon by the caller.
 
-State-only constraints hold at x_1..x_T (x_0 is given): they are imposed on x_{t+1} = F z_t + f,
-i.e. as the stage constraint (G_x F) z_t <= -(g + G_x f); constraints involving a control hold
-at t = 0..T-1.
+Where each constraint holds in time is `compiler.problem.placement`: rows placed at x_{t+1} are
+imposed through x_{t+1} = F z_t + f, i.e. as the stage constraint (G_x F) z_t <= -(g + G_x f).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import torch
 
 from compiler import quadform as qf
 from compiler.evaluate import Env, evaluate
-from compiler.ir import Expr, Op
-from compiler.layout import Layout
-from compiler.lower.transition import Transition
-from planlang.ast import Cmp, VarKind, When
-from planlang.graph import NodeKind
+from compiler.problem import Placement, TrajectoryProblem, box_placement
+from planlang.ast import Cmp
 
 
 @dataclass
@@ -43,35 +38,7 @@ class QuadraticData:
     e: torch.Tensor            # (B, q)
 
 
-@dataclass(frozen=True)
-class PlanParts:
-    """The expressions lowering evaluates, gathered once at compile time (in node-id order)."""
-
-    layout: Layout
-    transition: Transition
-    stage_costs: tuple[Expr, ...]
-    final_costs: tuple[Expr, ...]
-    constraints: tuple[tuple[Expr, Cmp, bool], ...]     # (ir, LE or EQ, involves a control)
-
-    @property
-    def has_jets(self) -> bool:
-        """Every callee has second-order jets (no neural blocks): exact derivatives apply."""
-        exprs = [*self.transition.exprs.values(), *self.stage_costs, *self.final_costs,
-                 *(c[0] for c in self.constraints)]
-        return not any(e.op is Op.CALL and e.attr.is_block for expr in exprs for e in expr.walk())
-
-    @staticmethod
-    def of(graph: nx.DiGraph, layout: Layout) -> "PlanParts":
-        nodes = [d for _, d in sorted(graph.nodes(data=True), key=lambda item: item[0])]
-        costs = [d for d in nodes if d["kind"] is NodeKind.COST]
-        constraints = tuple((d["ir"], d["sense"], any(r.kind is VarKind.CONTROL for r in d["ir"].variables()))
-                            for d in nodes if d["kind"] is NodeKind.CONSTRAINT)
-        return PlanParts(layout, Transition(graph, layout),
-                         tuple(d["ir"] for d in costs if d["when"] is When.STAGE),
-                         tuple(d["ir"] for d in costs if d["when"] is When.FINAL), constraints)
-
-
-def extract(parts: PlanParts, env: Env, like: torch.Tensor) -> QuadraticData:
+def extract(parts: TrajectoryProblem, env: Env, like: torch.Tensor) -> QuadraticData:
     """Evaluate every dynamics, cost and constraint of the plan on symbolic states and controls."""
     layout = parts.layout
     n, nz = layout.n, layout.n + layout.m
@@ -89,15 +56,15 @@ def extract(parts: PlanParts, env: Env, like: torch.Tensor) -> QuadraticData:
     F, f = _cat_batched(F_rows, 1), _cat_batched(f_rows, 1)
 
     ineq, eq = [], []
-    for ir, sense, controls in parts.constraints:
+    for ir, sense, where in parts.constraints:
         rows = _affine_rows(evaluate(ir, env, like), nz)
-        (eq if sense is Cmp.EQ else ineq).append((rows, controls))
+        (eq if sense is Cmp.EQ else ineq).append((rows, where))
     for var in layout.states + layout.controls:
         if var.lower is not None:
             value = env[var.ref] if var.shape else qf.unsqueeze(env[var.ref], 0)
             lo, hi = (qf.pad_rank(evaluate(b, env, like), 1).expand(-1, var.size) for b in (var.lower, var.upper))
             for rows in (_affine_rows(qf.sub(lo, value), nz), _affine_rows(qf.sub(value, hi), nz)):
-                ineq.append((rows, var.ref.kind is VarKind.CONTROL))
+                ineq.append((rows, box_placement(var)))
     G, h = _stage_rows(ineq, F, f, n, nz, like)
     E, e = _stage_rows(eq, F, f, n, nz, like)
     return QuadraticData(C=2 * H0, c=L0, stage_const=k0, CT=2 * HT[:, :n, :n], cT=LT[:, :n], final_const=kT,
@@ -127,10 +94,11 @@ def _cat_batched(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 
 def _stage_rows(groups, F, f, n: int, nz: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack constraint rows g + G z (<= or ==) 0 as G z (<= or ==) h, shifting state-only rows to x_{t+1}."""
+    """Stack constraint rows g + G z (<= or ==) 0 as G z (<= or ==) h; rows placed at x_{t+1} are
+    imposed on the stage through the dynamics: g + G_x (F z + f)."""
     G_parts, h_parts = [], []
-    for (g, G), involves_control in groups:
-        if not involves_control:
+    for (g, G), where in groups:
+        if where is Placement.NEXT:
             Gx = G[..., :n]
             g = g + (Gx @ f.unsqueeze(-1)).squeeze(-1)
             G = Gx @ F

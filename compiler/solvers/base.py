@@ -43,6 +43,7 @@ class Solver:
     convex: bool = False                   # convex quadratic costs (checked numerically)
     smooth: bool = True                    # needs derivatives: no abs/relu/min/max/clip of decisions
     takes_blocks: bool = True              # neural blocks inside expressions
+    exact: bool = True                     # converges to a (local) optimum to tight tolerance: cross-checked
 
     def accepts(self, graph: nx.DiGraph, info: PlanInfo) -> list[Problem]:
         """Everything in the plan this solver cannot take; empty when it takes the plan."""

@@ -41,6 +41,7 @@ class Descent(Solver):
                      backward=Option(BACKWARD, BACKWARD.parse_default("implicit"),
                                      "unroll | truncated(k) | implicit(cg|neumann, iters=)"))
     constraints = ConstraintSupport.CONTROL_BOX
+    exact = False          # first order: its accuracy is that of its gradient tolerance
 
     def backend(self, graph, info, layout):
         return DescentBackend(graph, info, layout)

@@ -50,6 +50,7 @@ class MPPI(Solver):
                      control_cost=Option(Number(minimum=0), 1.0, "weight of the information-theoretic control cost"),
                      seed=_SEED, fuse=_FUSE)
     smooth = False
+    exact = False
     constraints = ConstraintSupport.CONTROL_BOX
 
     def backend(self, graph, info, layout):
@@ -70,6 +71,7 @@ class CEM(Solver):
                      temperature=Option(Number(minimum=1e-12), 1.0, "lambda of the final soft elite mean"),
                      seed=_SEED, fuse=_FUSE)
     smooth = False
+    exact = False
     constraints = ConstraintSupport.CONTROL_BOX
 
     def validate(self, options):
