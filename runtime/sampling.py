@@ -7,7 +7,8 @@ Problem (batch-first, K sampled control sequences per batch element):
 
     x0: (B, n)   u: (B, T, m)   x: (B, T+1, n)   lo, hi: broadcastable to (B, T, m), +-inf allowed
     f: dynamics(x (B, K, n), u (B, K, m), t: int) -> (B, K, n)
-    l: stage_cost(x (B, K, n), u (B, K, m), t: int) -> (B, K)     l_T: final_cost(x (B, K, n)) -> (B, K)
+    l: stage_cost(x (B, K, n), u (B, K, m), t: int) -> (B, K)
+    l_T: final_cost(x (B, K, n)) -> (B, K)
 
 K is the number of samples (1 for the rollout of the returned plan); t lets the callables use
 time-indexed references. With `SamplingProblem.vectorized_cost`, the stage cost is called once
