@@ -231,6 +231,7 @@ def throughput(args, dtype):
                               lambda s, u, t: cartpole_cost(s, u), cartpole_final_cost, lo, hi,
                               vectorized_cost=True)
     fused = dataclasses.replace(problem, fuse=True)
+    per_stage = dataclasses.replace(problem, vectorized_cost=False)
     options = MPPIOptions(samples=K, temperature=1.0, noise=5.0)
     generator = torch.Generator().manual_seed(0)
     plan = torch.zeros(B, T, 1, dtype=dtype)
@@ -239,7 +240,9 @@ def throughput(args, dtype):
                           torch.tensor(25.0, dtype=dtype), num_envs=B, num_samples=K,
                           horizon=T, lambda_=1.0, u_min=lo, u_max=hi)
     runs = {"pytorch_mppi MPPI_Batched": lambda: anchor.command(x0),
-            "planlang mppi, eager": lambda: mppi(problem, x0, plan, options, generator)}
+            "planlang mppi, eager": lambda: mppi(problem, x0, plan, options, generator),
+            "planlang mppi, eager, per-stage cost": lambda: mppi(per_stage, x0, plan, options,
+                                                                 generator)}
     if not args.tp_eager_only:
         runs["planlang mppi, fused"] = lambda: mppi(fused, x0, plan, options, generator)
     times = {name: [] for name in runs}
