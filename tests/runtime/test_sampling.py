@@ -258,10 +258,9 @@ def parametrized(theta):
 
 
 def solve_with(solve, options, seed=5):
-    """(theta, x0) -> (u, cost) of the plan, on fresh noise from the same seed every call."""
-    u_init = torch.full((2, 4, 1), 0.5, dtype=F64)
-
-    def f(theta, x0):
+    """(theta, x0, u_init) -> (u, cost) of the plan, on fresh noise from the same seed."""
+    def f(theta, x0, u_init=None):
+        u_init = torch.full((2, 4, 1), 0.5, dtype=F64) if u_init is None else u_init
         solution = solve(parametrized(theta), x0, u_init, options, seeded(seed))
         return solution.u, solution.cost
     return f
@@ -269,6 +268,7 @@ def solve_with(solve, options, seed=5):
 
 THETA = torch.tensor([0.3, 0.2], dtype=F64, requires_grad=True)
 X0 = torch.tensor([[0.4, 0.0], [-0.2, 0.5]], dtype=F64, requires_grad=True)
+U_INIT = torch.linspace(-0.5, 0.5, 8, dtype=F64).reshape(2, 4, 1).requires_grad_(True)
 MPPI_SMALL = MPPIOptions(samples=16, temperature=0.5, noise=1.0, iters=2)
 CEM_SMALL = CEMOptions(samples=16, elites=4, iters=2, noise=1.0, temperature=0.5)
 
@@ -276,7 +276,7 @@ CEM_SMALL = CEMOptions(samples=16, elites=4, iters=2, noise=1.0, temperature=0.5
 @pytest.mark.parametrize("solve, options", [(mppi, MPPI_SMALL), (cem, CEM_SMALL)],
                          ids=["mppi", "cem"])
 def test_gradcheck_with_common_random_numbers(solve, options):
-    assert torch.autograd.gradcheck(solve_with(solve, options), (THETA, X0))
+    assert torch.autograd.gradcheck(solve_with(solve, options), (THETA, X0, U_INIT))
 
 
 @pytest.mark.parametrize("solve, options", [(mppi, MPPI_SMALL), (cem, CEM_SMALL)],
