@@ -16,7 +16,12 @@ class SampledCallables:
     all stages at once, x (B, K, T, n), u (B, K, T, m) -> (B, K, T); final_cost(x (B, K, n)) -> (B, K)."""
 
     def __init__(self, lowered, env: Env, like: torch.Tensor, batch: int):
-        self.lowered, self.env, self.like, self.batch = lowered, env, like, batch
+        self.lowered, self.batch = lowered, batch
+        self.rebind(env, like)
+
+    def rebind(self, env: Env, like: torch.Tensor) -> None:
+        """Use the values of another call (same batch size)."""
+        self.env, self.like = env, like
         self._envs: dict[int, Env] = {}
 
     def env_for(self, repeats: int) -> Env:

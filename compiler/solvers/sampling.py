@@ -27,17 +27,35 @@ class SamplingBackend(_Lowered):
     def __init__(self, graph, info, layout, planner, options):
         super().__init__(graph, info, layout)
         self.planner, self.options = planner, options     # options: info.options -> runtime options
+        self._problems: dict[tuple, tuple[SampledCallables, SamplingProblem]] = {}
 
     def __call__(self, env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
         batch = x0.shape[0]
-        calls = SampledCallables(self, env, like, batch)
-        lower, upper = self.control_bounds(env, like)
-        problem = SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
-                                  vectorized_cost=True, fuse=self.info.options["fuse"] == "on")
+        problem = self._problem(env, like, batch)
         generator = torch.Generator(device=x0.device).manual_seed(int(self.info.options["seed"]))
         sol = self.planner(problem, x0, self.initial_controls(env, batch, like, warm), self.options(self.info.options),
                            generator)
         return Solution(sol.x, sol.u, sol.cost, sol.status, self.info.solver, iterations=sol.iterations)
+
+    def _problem(self, env, like: torch.Tensor, batch: int) -> SamplingProblem:
+        """One problem per batch size, dtype and device, rebound to this call's values: with
+        `fuse=on`, torch.compile caches its kernels on the problem, so it must be reused."""
+        lower, upper = self.control_bounds(env, like)
+        fuse = self.info.options["fuse"] == "on"
+        if lower is not None and (lower.requires_grad or upper.requires_grad):    # limits bound per call
+            calls = SampledCallables(self, env, like, batch)
+            return SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
+                                   vectorized_cost=True, fuse=fuse)
+        limits = None if lower is None else tuple(torch.cat([lower, upper]).flatten().tolist())
+        key = (batch, like.dtype, like.device, limits)
+        if key not in self._problems:
+            calls = SampledCallables(self, env, like, batch)
+            self._problems[key] = calls, SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower,
+                                                         upper, vectorized_cost=True, fuse=fuse)
+        calls, problem = self._problems[key]
+        calls.rebind(env, like)
+        return problem
+
 
 
 class MPPI(Solver):
