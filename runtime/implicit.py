@@ -11,7 +11,7 @@ callables close over, which may require grad). Three ways back (`Backward.mode`)
              contracts (the derivative of k steps from a fixed starting point).
   IMPLICIT   the implicit function theorem at z*, memory independent of the iterations:
                argmin      z* = argmin_z f(z; theta),  grad_z f(z*) = 0:
-                           dz*/dtheta = -H^{-1} d2f/dz dtheta,   H = d2f/dz2      (`implicit_argmin`)
+                           dz*/dtheta = -H^{-1} d2f/dz dtheta,  H = d2f/dz2     (`implicit_argmin`)
                fixed point z* = T(z*; theta):
                            dz*/dtheta = (I - dT/dz)^{-1} dT/dtheta          (`implicit_fixed_point`)
              The linear system is solved matrix-free (Hessian- or Jacobian-vector products by
@@ -320,14 +320,16 @@ def _solve(matvec: MatVec, b: Tensor, options: Backward) -> Tensor:
 State = TypeVar("State", bound=tuple)
 
 
-def iterate(step: Callable[[State], State], state: State, iters: int, backward: Backward,
-            stop: Callable[[State], Tensor]) -> tuple[State, Tensor]:
-    """Run state <- step(state) at most `iters` times, recording autograd as backward.mode says,
-    and return (state, iterations (B,) int64 taken per row).
+def iterate(step: Callable[[State, Tensor], State], state: State, iters: int,
+            backward: Backward, stop: Callable[[State], Tensor]) -> tuple[State, Tensor]:
+    """Run state <- step(state, active) at most `iters` times, recording autograd as
+    backward.mode says, and return (state, iterations (B,) int64 taken per row).
 
-    state: a NamedTuple or tuple of batch-first tensors (B, ...); step must act row by row. stop(state) ->
-    (B,) bool marks rows that are done (converged or failed): they stop changing (their
-    entries are kept by `torch.where`) and the loop ends once every row is done.
+    state: a NamedTuple or tuple of batch-first tensors (B, ...); step must act row by row
+    (active (B,) bool marks the rows whose result is kept: a step may skip work for the
+    others). stop(state) -> (B,) bool marks rows that are done (converged or failed): they
+    stop changing (their entries are kept by `torch.where`) and the loop ends once every row
+    is done.
       UNROLL     every iteration recorded (if autograd is enabled).
       TRUNCATED  iters - k iterations without autograd, then k recorded steps of every row
                  (a done row steps too, so that its gradient is that of k steps, not zero).
@@ -341,20 +343,21 @@ def iterate(step: Callable[[State], State], state: State, iters: int, backward: 
     with torch.set_grad_enabled(record):
         state, iterations = _iterate_until_done(step, state, free_iters, stop)
     if backward.mode is BackwardMode.TRUNCATED and torch.is_grad_enabled():
+        every_row = torch.ones_like(iterations, dtype=torch.bool)
         for _ in range(min(backward.k, iters)):
-            state = step(state)
+            state = step(state, every_row)
         iterations = iterations + min(backward.k, iters)
     return state, iterations
 
 
-def _iterate_until_done(step: Callable[[State], State], state: State, iters: int,
+def _iterate_until_done(step: Callable[[State, Tensor], State], state: State, iters: int,
                         stop: Callable[[State], Tensor]) -> tuple[State, Tensor]:
     done = stop(state)
     iterations = torch.zeros(done.shape, dtype=torch.int64, device=done.device)
     for _ in range(iters):
         if bool(done.all()):
             break
-        new = step(state)
+        new = step(state, ~done)
         state = _same_kind(state, [torch.where(_rows(done, old), old, s)
                                    for s, old in zip(new, state)])
         iterations = iterations + (~done).to(iterations.dtype)

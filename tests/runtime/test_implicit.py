@@ -240,8 +240,9 @@ def test_iterate_records_unrolled_or_truncated_steps(backward, expected_terms):
     """z <- a z + theta from z = 0: dz_N/dtheta = sum_{j<N} a^j over the recorded steps."""
     a = 0.5
     theta = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
-    state, iterations = iterate(lambda s: Linear(a * s.z + theta), Linear(torch.zeros(2, dtype=F64)),
-                                6, backward, stop=lambda s: torch.zeros(2, dtype=torch.bool))
+    state, iterations = iterate(lambda s, active: Linear(a * s.z + theta),
+                                Linear(torch.zeros(2, dtype=F64)), 6, backward,
+                                stop=lambda s: torch.zeros(2, dtype=torch.bool))
     (g,) = torch.autograd.grad(state.z.sum(), theta)
     assert torch.allclose(g, torch.full((2,), sum(a ** j for j in range(expected_terms)),
                                         dtype=F64))
@@ -250,6 +251,7 @@ def test_iterate_records_unrolled_or_truncated_steps(backward, expected_terms):
 
 
 def test_iterate_freezes_rows_that_stop():
-    state, iterations = iterate(lambda s: Linear(s.z + 1), Linear(torch.tensor([0.0, 5.0])), 10,
-                                Backward(), stop=lambda s: s.z >= 3)
+    state, iterations = iterate(lambda s, active: Linear(s.z + 1),
+                                Linear(torch.tensor([0.0, 5.0])), 10, Backward(),
+                                stop=lambda s: s.z >= 3)
     assert state.z.tolist() == [3.0, 5.0] and iterations.tolist() == [3, 0]
