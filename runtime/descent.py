@@ -136,9 +136,8 @@ def descent(problem: DescentProblem, x0: Tensor, u_init: Tensor,
         return total_cost(problem, x0, u_flat.view(B, T, m))
 
     tol = torch.finfo(u_init.dtype).eps ** 0.5 if options.tol is None else options.tol
-    method = _Adam(options) if options.method is DescentMethod.ADAM else _LBFGS(options)
-    state = method.initial(objective, torch.clamp(u_init, lo, hi).reshape(B, -1),
-                           lo_flat, hi_flat)
+    method = _METHODS[options.method](options)
+    state = method.initial(objective, torch.clamp(u_init, lo, hi).reshape(B, -1))
 
     def stop(s) -> Tensor:
         return ~_finite(s.J, s.g) | (_residual(s.u, s.g, lo_flat, hi_flat) <= tol)
@@ -217,7 +216,7 @@ class _Adam:
     def __init__(self, options: DescentOptions):
         self.lr, (self.beta1, self.beta2), self.eps = options.lr, options.betas, options.eps
 
-    def initial(self, objective: Objective, u: Tensor, lo: Tensor, hi: Tensor) -> _AdamState:
+    def initial(self, objective: Objective, u: Tensor) -> _AdamState:
         J, g = _value_and_grad(objective, u)
         zero = torch.zeros_like(u)
         return _AdamState(u, J, g, zero, zero, torch.zeros_like(J))
@@ -248,7 +247,7 @@ class _LBFGS:
     def __init__(self, options: DescentOptions):
         self.options = options
 
-    def initial(self, objective: Objective, u: Tensor, lo: Tensor, hi: Tensor) -> _LBFGSState:
+    def initial(self, objective: Objective, u: Tensor) -> _LBFGSState:
         J, g = _value_and_grad(objective, u)
         M = self.options.history
         B, k = u.shape
@@ -294,6 +293,9 @@ class _LBFGS:
             if bool((accepted | ~active).all()):
                 break
         return u_new, accepted
+
+
+_METHODS = {DescentMethod.ADAM: _Adam, DescentMethod.LBFGS: _LBFGS}
 
 
 def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor) -> Tensor:

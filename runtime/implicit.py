@@ -178,17 +178,22 @@ def implicit_argmin(z_star: Tensor, objective: Callable[[Tensor], Tensor],
     the others get no implicit correction (dz_i/dtheta = 0 here; a caller that fixes them
     at a bound b(theta) substitutes b inside `objective` and in the result, so that the
     coupling H_FA db/dtheta reaches the free ones). The system is then H_FF w_F = v_F.
-    Without autograd (or if nothing requires grad) returns z_star detached."""
+    Without autograd, or if the objective depends on no tensor that requires grad, returns
+    z_star detached (that check costs one evaluation of the objective)."""
     z = z_star.detach()
     if not torch.is_grad_enabled():
         return z
     with torch.enable_grad():
+        probe = objective(z)
+    if probe.shape != z.shape[:1]:
+        raise ValueError(f"implicit_argmin: objective must return one value per row, shape "
+                         f"({z.shape[0]},), got {tuple(probe.shape)}")
+    if not probe.requires_grad:
+        return z
+    with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         value = objective(leaf)
-        _check_rowwise(value, z, "implicit_argmin: objective")
         (g,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
-    if not g.requires_grad:
-        return z
     mask = None if free is None else free.expand_as(z)
     return _ArgminSurrogate.apply(z, g, leaf, mask, backward)
 
@@ -204,18 +209,21 @@ def implicit_fixed_point(z_star: Tensor, mapping: Callable[[Tensor], Tensor],
       CG       conjugate gradients on the normal equations (I - J)(I - J') w = (I - J) v
                (each product one VJP and one JVP by double backward; needs I - J nonsingular,
                converges with the square of its condition number).
-    Memory: one evaluation of T, independent of the forward iterations."""
+    Memory: one evaluation of T, independent of the forward iterations. Without autograd, or
+    if T depends on no tensor that requires grad, returns z_star detached."""
     z = z_star.detach()
     if not torch.is_grad_enabled():
         return z
     with torch.enable_grad():
+        probe = mapping(z)
+    if probe.shape != z.shape:
+        raise ValueError(f"implicit_fixed_point: mapping must keep the shape {tuple(z.shape)}, "
+                         f"returned {tuple(probe.shape)}")
+    if not probe.requires_grad:
+        return z
+    with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         Tz = mapping(leaf)
-    if Tz.shape != z.shape:
-        raise ValueError(f"implicit_fixed_point: mapping must keep the shape {tuple(z.shape)}, "
-                         f"returned {tuple(Tz.shape)}")
-    if not Tz.requires_grad:
-        return z
     return _FixedPointSurrogate.apply(z, Tz, leaf, backward)
 
 
@@ -384,12 +392,6 @@ def _same_kind(state: State, items: list) -> State:
 
 def _tolerance(b: Tensor, tol: Optional[float]) -> float:
     return torch.finfo(b.dtype).eps ** 0.5 if tol is None else tol
-
-
-def _check_rowwise(value: Tensor, z: Tensor, what: str) -> None:
-    if value.shape != z.shape[:1]:
-        raise ValueError(f"{what} must return one value per row, shape ({z.shape[0]},), "
-                         f"got {tuple(value.shape)}")
 
 
 def _enum(kind: type, name, what: str):

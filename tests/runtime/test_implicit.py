@@ -169,6 +169,9 @@ def test_argmin_without_grad_returns_detached_input():
     with torch.no_grad():
         out = implicit_argmin(z, lambda y: (y * y).sum(-1))
     assert not out.requires_grad and torch.equal(out, z)
+    constant = implicit_argmin(z.detach(), lambda y: (y * y).sum(-1))    # nothing to learn
+    assert not constant.requires_grad
+    assert not implicit_fixed_point(z.detach(), lambda y: 0.5 * y).requires_grad
     with pytest.raises(ValueError, match="one value per row"):
         implicit_argmin(z, lambda y: (y * y).sum())
 
