@@ -193,7 +193,10 @@ def implicit_argmin(z_star: Tensor, objective: Callable[[Tensor], Tensor],
     with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         value = objective(leaf)
-        (g,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
+        (g,) = torch.autograd.grad(value.sum(), leaf, create_graph=True, allow_unused=True)
+    if g is None or not g.requires_grad:
+        raise ValueError("implicit_argmin: the objective's gradient does not depend on z or "
+                         "on any parameter (no curvature to invert)")
     mask = None if free is None else free.expand_as(z)
     return _ArgminSurrogate.apply(z, g, leaf, mask, backward)
 

@@ -174,6 +174,9 @@ def test_argmin_without_grad_returns_detached_input():
     assert not implicit_fixed_point(z.detach(), lambda y: 0.5 * y).requires_grad
     with pytest.raises(ValueError, match="one value per row"):
         implicit_argmin(z, lambda y: (y * y).sum())
+    w = torch.ones(3, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="no curvature"):
+        implicit_argmin(z, lambda y: w.sum() + 0.0 * y.detach().sum(-1))
 
 
 # ---- implicit fixed point --------------------------------------------------------------------
