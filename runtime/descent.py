@@ -45,9 +45,10 @@ Backward (`runtime.implicit.Backward`):
              gradients too. Exact at a strict local minimum under strict complementarity; time
              ~ one rollout plus `iters` Hessian-vector products, memory independent of the
              forward iterations. Needs H_FF positive definite (CG) or alpha < 2 / lambda_max
-             (Neumann). A NUMERICAL row is modelled at a finite placeholder, clamp(0, lo, hi),
-             and returned as NaN with zero gradient (NaN/Inf that come from a row's data
-             itself, e.g. x0, can still reach shared parameters' gradients).
+             (Neumann; alpha=None estimates it per row). A NUMERICAL row is modelled at a
+             finite placeholder, clamp(0, lo, hi), and returned as NaN with zero gradient
+             (NaN/Inf that come from a row's data itself, e.g. x0, can still reach shared
+             parameters' gradients).
   UNROLL     every iteration recorded (gradients by create_graph, Adam's moments, the line
              search's projected steps): time and memory linear in the iterations. L-BFGS'
              memory (the pairs s, y and gamma) is held constant, a preconditioner: its own

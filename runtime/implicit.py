@@ -34,7 +34,7 @@ Gradients of the implicit helpers are first order (their backward is once differ
 """
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -66,14 +66,16 @@ class Backward:
     *args, **kwargs)` does that mapping from a name and the option's arguments.
 
     iters, tol: the linear solver's iteration limit and relative residual tolerance (None:
-    sqrt(eps) of the dtype); alpha: the Neumann step (module docstring of `neumann`);
+    sqrt(eps) of the dtype); alpha: the Neumann step (docstring of `neumann`; None: for an
+    argmin 1 / (1.2 lambda), lambda a power-iteration estimate of each row's largest Hessian
+    eigenvalue (`POWER_ITERS` extra products), for a fixed point 1);
     k: the recorded iterations of TRUNCATED."""
 
     mode: BackwardMode = BackwardMode.IMPLICIT
     solver: LinearSolver = LinearSolver.CG
     iters: int = 20
     tol: Optional[float] = None
-    alpha: float = 1.0
+    alpha: Optional[float] = None
     k: int = 1
 
     def __post_init__(self):
@@ -83,7 +85,8 @@ class Backward:
         if self.iters < 1 or self.k < 1:
             raise ValueError(f"backward needs iters >= 1 and k >= 1, got iters={self.iters}, "
                              f"k={self.k}")
-        if not self.alpha > 0 or (self.tol is not None and not self.tol >= 0):
+        if (self.alpha is not None and not self.alpha > 0) or (self.tol is not None
+                                                               and not self.tol >= 0):
             raise ValueError(f"backward needs alpha > 0 and tol >= 0, got alpha={self.alpha}, "
                              f"tol={self.tol}")
 
@@ -97,9 +100,10 @@ class Backward:
 
     @classmethod
     def implicit(cls, solver: str = "cg", iters: int = 20, tol: Optional[float] = None,
-                 alpha: float = 1.0) -> "Backward":
+                 alpha: Optional[float] = None) -> "Backward":
         return cls(BackwardMode.IMPLICIT, _enum(LinearSolver, solver, "implicit solver"),
-                   _integer("implicit iters", iters), tol, float(alpha))
+                   _integer("implicit iters", iters), tol,
+                   None if alpha is None else float(alpha))
 
     @classmethod
     def parse(cls, name: str, *args, **kwargs) -> "Backward":
@@ -147,8 +151,9 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iters: int, tol: Optional[floa
     return x
 
 
-def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: float = 1.0) -> Tensor:
-    """x (B, k) ~ A^{-1} b by the truncated Neumann series of A^{-1} with step alpha,
+def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: Union[float, Tensor] = 1.0) -> Tensor:
+    """x (B, k) ~ A^{-1} b by the truncated Neumann series of A^{-1} with step alpha (a number,
+    or (B, 1) for one step per row),
 
         x = alpha sum_{i<iters} (I - alpha A)^i b,
 
@@ -172,7 +177,8 @@ def implicit_argmin(z_star: Tensor, objective: Callable[[Tensor], Tensor],
     that require grad). z_star: a local minimizer per row (its own graph is ignored).
     Backward: dL/dtheta = -w' d(grad_z f)/dtheta with H w = dL/dz*, H the Hessian of f at z*
     (Hessian-vector products by double backward), solved per row by `backward.solver`: CG
-    (H must be positive definite) or Neumann with step `backward.alpha` (< 2 / lambda_max(H)).
+    (H must be positive definite) or Neumann with step `backward.alpha` (< 2 / lambda_max(H);
+    None: estimated per row, see `Backward`).
 
     free (B, ...) bool, optional: the coordinates that are free at z* (e.g. not at a bound);
     the others get no implicit correction (dz_i/dtheta = 0 here; a caller that fixes them
@@ -208,7 +214,7 @@ def implicit_fixed_point(z_star: Tensor, mapping: Callable[[Tensor], Tensor],
     mapping: T, z (B, ...) -> (B, ...), row-wise, closing over theta. Backward: with
     v = dL/dz* and J = dT/dz at z*, solve the adjoint system (I - J') w = v and return
     dL/dtheta = w' dT/dtheta, by vector-Jacobian products only:
-      NEUMANN  w = sum_{i<iters} J'^i v (alpha = 1; alpha < 1 damps), valid for a contraction;
+      NEUMANN  w = sum_{i<iters} J'^i v (alpha None or 1; alpha < 1 damps), for a contraction;
       CG       conjugate gradients on the normal equations (I - J)(I - J') w = (I - J) v
                (each product one VJP and one JVP by double backward; needs I - J nonsingular,
                converges with the square of its condition number).
@@ -294,7 +300,8 @@ class _FixedPointSurrogate(torch.autograd.Function):
 
         rhs = v.reshape(B, -1)
         if options.solver is LinearSolver.NEUMANN:
-            w = neumann(adjoint, rhs, options.iters, options.alpha)
+            alpha = 1.0 if options.alpha is None else options.alpha
+            w = neumann(adjoint, rhs, options.iters, alpha)
         else:
             forward_map = _jacobian_product(Tz, leaf)
             w = conjugate_gradient(lambda p: forward_map(adjoint(p)), forward_map(rhs),
@@ -320,10 +327,30 @@ def _jacobian_product(Tz: Tensor, leaf: Tensor) -> MatVec:
     return product
 
 
+POWER_ITERS = 10     # Hessian-vector products to estimate the Neumann step (alpha=None)
+
+
 def _solve(matvec: MatVec, b: Tensor, options: Backward) -> Tensor:
     if options.solver is LinearSolver.CG:
         return conjugate_gradient(matvec, b, options.iters, options.tol)
-    return neumann(matvec, b, options.iters, options.alpha)
+    alpha = options.alpha
+    if alpha is None:
+        alpha = 1.0 / (1.2 * largest_eigenvalue(matvec, b, POWER_ITERS))[:, None]
+    return neumann(matvec, b, options.iters, alpha)
+
+
+
+def largest_eigenvalue(matvec: MatVec, b: Tensor, iters: int) -> Tensor:
+    """(B,) power-iteration estimate of each row's largest |eigenvalue| of a symmetric A, from
+    the start ones + b / ||b|| (a lower bound; rows with a zero estimate get 1)."""
+    v = torch.ones_like(b) + b / _dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)[:, None]
+    estimate = torch.ones_like(b[:, 0])
+    for _ in range(iters):
+        v = v / _dot(v, v).sqrt().clamp_min(torch.finfo(b.dtype).tiny)[:, None]
+        Av = matvec(v)
+        estimate = _dot(Av, Av).sqrt()
+        v = Av
+    return torch.where(estimate > 0, estimate, 1.0)
 
 
 # ---- unrolled and truncated iterations -------------------------------------------------------

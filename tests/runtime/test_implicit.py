@@ -77,7 +77,8 @@ def test_neumann_series_for_hessian_and_for_contraction():
 # ---- implicit argmin -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backward", [Backward.implicit("cg", iters=30, tol=1e-14),
-                                      Backward.implicit("neumann", iters=200, alpha=0.5)])
+                                      Backward.implicit("neumann", iters=200, alpha=0.5),
+                                      Backward.implicit("neumann", iters=200)])  # alpha estimated
 def test_argmin_of_quadratic_matches_closed_form(backward):
     """z* = A^{-1} b for f = 1/2 z'Az - b'z; gradients w.r.t. A's factor and b by autograd
     through a dense solve."""
@@ -223,6 +224,7 @@ def test_backward_parse_spellings_and_errors():
     assert (implicit.mode, implicit.solver, implicit.iters) == (BackwardMode.IMPLICIT,
                                                                 LinearSolver.CG, 20)
     assert Backward.parse("implicit", "neumann", iters=50, alpha=0.5).alpha == 0.5
+    assert Backward.parse("implicit", solver="neumann").alpha is None
     with pytest.raises(ValueError, match="unknown backward 'unrolled'"):
         Backward.parse("unrolled")
     with pytest.raises(ValueError, match="unknown implicit solver 'gmres'"):
