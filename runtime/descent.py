@@ -45,9 +45,10 @@ Backward (`runtime.implicit.Backward`):
              gradients too. Exact at a strict local minimum under strict complementarity; time
              ~ one rollout plus `iters` Hessian-vector products, memory independent of the
              forward iterations. Needs H_FF positive definite (CG) or alpha < 2 / lambda_max
-             (Neumann). A NUMERICAL row is modelled at a finite placeholder, clamp(0, lo, hi),
-             and returned as NaN with zero gradient (NaN/Inf that come from a row's data
-             itself, e.g. x0, can still reach shared parameters' gradients).
+             (Neumann; alpha=None estimates it per row). A NUMERICAL row is modelled at a
+             finite placeholder, clamp(0, lo, hi), and returned as NaN with zero gradient
+             (NaN/Inf that come from a row's data itself, e.g. x0, can still reach shared
+             parameters' gradients).
   UNROLL     every iteration recorded (gradients by create_graph, Adam's moments, the line
              search's projected steps): time and memory linear in the iterations. L-BFGS'
              memory (the pairs s, y and gamma) is held constant, a preconditioner: its own
@@ -136,15 +137,14 @@ def descent(problem: DescentProblem, x0: Tensor, u_init: Tensor,
         return total_cost(problem, x0, u_flat.view(B, T, m))
 
     tol = torch.finfo(u_init.dtype).eps ** 0.5 if options.tol is None else options.tol
-    method = _Adam(options) if options.method is DescentMethod.ADAM else _LBFGS(options)
-    state = method.initial(objective, torch.clamp(u_init, lo, hi).reshape(B, -1),
-                           lo_flat, hi_flat)
+    method = _METHODS[options.method](options)
+    state = method.initial(objective, torch.clamp(u_init, lo, hi).reshape(B, -1))
 
     def stop(s) -> Tensor:
         return ~_finite(s.J, s.g) | (_residual(s.u, s.g, lo_flat, hi_flat) <= tol)
 
-    def step(s):
-        return method.step(objective, s, lo_flat, hi_flat)
+    def step(s, active: Tensor):
+        return method.step(objective, s, active, lo_flat, hi_flat)
 
     state, iterations = iterate(step, state, options.iters, options.backward, stop)
     with torch.no_grad():
@@ -152,7 +152,7 @@ def descent(problem: DescentProblem, x0: Tensor, u_init: Tensor,
         bad = ~_finite(state.J, state.g)
         status = torch.where(residual <= tol, int(Status.SOLVED), int(Status.MAX_ITERS))
         status = torch.where(bad, int(Status.NUMERICAL), status)
-    u = state.u.view(B, T, m)
+    u = state.u.reshape(B, T, m)
     if options.backward.mode is BackwardMode.IMPLICIT and torch.is_grad_enabled():
         u = _implicit_controls(problem, x0, u, lo, hi, bad, options.backward)
     x = rollout(problem.dynamics, x0, u)
@@ -217,12 +217,13 @@ class _Adam:
     def __init__(self, options: DescentOptions):
         self.lr, (self.beta1, self.beta2), self.eps = options.lr, options.betas, options.eps
 
-    def initial(self, objective: Objective, u: Tensor, lo: Tensor, hi: Tensor) -> _AdamState:
+    def initial(self, objective: Objective, u: Tensor) -> _AdamState:
         J, g = _value_and_grad(objective, u)
         zero = torch.zeros_like(u)
         return _AdamState(u, J, g, zero, zero, torch.zeros_like(J))
 
-    def step(self, objective: Objective, s: _AdamState, lo: Tensor, hi: Tensor) -> _AdamState:
+    def step(self, objective: Objective, s: _AdamState, active: Tensor, lo: Tensor, hi: Tensor
+             ) -> _AdamState:
         t = s.t + 1
         m = self.beta1 * s.m + (1 - self.beta1) * s.g
         v = self.beta2 * s.v + (1 - self.beta2) * s.g * s.g
@@ -247,7 +248,7 @@ class _LBFGS:
     def __init__(self, options: DescentOptions):
         self.options = options
 
-    def initial(self, objective: Objective, u: Tensor, lo: Tensor, hi: Tensor) -> _LBFGSState:
+    def initial(self, objective: Objective, u: Tensor) -> _LBFGSState:
         J, g = _value_and_grad(objective, u)
         M = self.options.history
         B, k = u.shape
@@ -255,13 +256,14 @@ class _LBFGS:
         return _LBFGSState(u, J, g, pairs, pairs, u.new_zeros(B, M),
                            torch.full_like(J, self.options.lr))
 
-    def step(self, objective: Objective, s: _LBFGSState, lo: Tensor, hi: Tensor) -> _LBFGSState:
+    def step(self, objective: Objective, s: _LBFGSState, active: Tensor, lo: Tensor, hi: Tensor
+             ) -> _LBFGSState:
         free = ~(((s.u <= lo) & (s.g > 0)) | ((s.u >= hi) & (s.g < 0)))
         g_free = torch.where(free, s.g, 0.0)
         d = -torch.where(free, _two_loop(g_free, s.S, s.Y, s.rho, s.gamma), 0.0)
         fallback = -s.gamma[:, None] * g_free
         d = torch.where((_dot(d, s.g) < 0)[:, None], d, fallback)
-        u, accepted = self._line_search(objective, s, d, lo, hi)
+        u, accepted = self._line_search(objective, s, d, active, lo, hi)
         J, g = _value_and_grad(objective, u)
         step, change = (u - s.u).detach(), (g - s.g).detach()
         sy, yy = _dot(step, change), _dot(change, change)
@@ -274,24 +276,27 @@ class _LBFGS:
         gamma = torch.where(keep, safe_sy / torch.where(keep, yy, 1.0), s.gamma)
         return _LBFGSState(u, J, g, S, Y, rho, gamma)
 
-    def _line_search(self, objective: Objective, s: _LBFGSState, d: Tensor, lo: Tensor,
-                     hi: Tensor) -> tuple[Tensor, Tensor]:
-        """Projected backtracking; rows without an accepted step keep u."""
+    def _line_search(self, objective: Objective, s: _LBFGSState, d: Tensor, active: Tensor,
+                     lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected backtracking over the active rows; rows without an accepted step keep u."""
         o = self.options
         slack = 10 * torch.finfo(s.J.dtype).eps * s.J.abs().clamp_min(1.0)
-        accepted = torch.zeros_like(s.J, dtype=torch.bool)
+        accepted = torch.zeros_like(active)
         u_new = s.u
         for j in range(o.line_search_steps):
             u_try = torch.clamp(s.u + (o.step_decay ** j) * d, lo, hi)
             with torch.no_grad():
                 J_try = objective(u_try)
-                take = ~accepted & (J_try <= s.J + o.armijo * _dot(s.g, u_try - s.u) + slack)
-                take = take & torch.isfinite(J_try)
+                take = active & ~accepted & torch.isfinite(J_try)
+                take = take & (J_try <= s.J + o.armijo * _dot(s.g, u_try - s.u) + slack)
             u_new = torch.where(take[:, None], u_try, u_new)
             accepted = accepted | take
-            if bool(accepted.all()):
+            if bool((accepted | ~active).all()):
                 break
         return u_new, accepted
+
+
+_METHODS = {DescentMethod.ADAM: _Adam, DescentMethod.LBFGS: _LBFGS}
 
 
 def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor) -> Tensor:

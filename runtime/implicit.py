@@ -11,7 +11,7 @@ callables close over, which may require grad). Three ways back (`Backward.mode`)
              contracts (the derivative of k steps from a fixed starting point).
   IMPLICIT   the implicit function theorem at z*, memory independent of the iterations:
                argmin      z* = argmin_z f(z; theta),  grad_z f(z*) = 0:
-                           dz*/dtheta = -H^{-1} d2f/dz dtheta,   H = d2f/dz2      (`implicit_argmin`)
+                           dz*/dtheta = -H^{-1} d2f/dz dtheta,  H = d2f/dz2     (`implicit_argmin`)
                fixed point z* = T(z*; theta):
                            dz*/dtheta = (I - dT/dz)^{-1} dT/dtheta          (`implicit_fixed_point`)
              The linear system is solved matrix-free (Hessian- or Jacobian-vector products by
@@ -34,7 +34,7 @@ Gradients of the implicit helpers are first order (their backward is once differ
 """
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -66,14 +66,16 @@ class Backward:
     *args, **kwargs)` does that mapping from a name and the option's arguments.
 
     iters, tol: the linear solver's iteration limit and relative residual tolerance (None:
-    sqrt(eps) of the dtype); alpha: the Neumann step (module docstring of `neumann`);
+    sqrt(eps) of the dtype); alpha: the Neumann step (docstring of `neumann`; None: for an
+    argmin 1 / (1.2 lambda), lambda a power-iteration estimate of each row's largest Hessian
+    eigenvalue (`POWER_ITERS` extra products), for a fixed point 1);
     k: the recorded iterations of TRUNCATED."""
 
     mode: BackwardMode = BackwardMode.IMPLICIT
     solver: LinearSolver = LinearSolver.CG
     iters: int = 20
     tol: Optional[float] = None
-    alpha: float = 1.0
+    alpha: Optional[float] = None
     k: int = 1
 
     def __post_init__(self):
@@ -83,7 +85,8 @@ class Backward:
         if self.iters < 1 or self.k < 1:
             raise ValueError(f"backward needs iters >= 1 and k >= 1, got iters={self.iters}, "
                              f"k={self.k}")
-        if not self.alpha > 0 or (self.tol is not None and not self.tol >= 0):
+        if (self.alpha is not None and not self.alpha > 0) or (self.tol is not None
+                                                               and not self.tol >= 0):
             raise ValueError(f"backward needs alpha > 0 and tol >= 0, got alpha={self.alpha}, "
                              f"tol={self.tol}")
 
@@ -97,9 +100,10 @@ class Backward:
 
     @classmethod
     def implicit(cls, solver: str = "cg", iters: int = 20, tol: Optional[float] = None,
-                 alpha: float = 1.0) -> "Backward":
+                 alpha: Optional[float] = None) -> "Backward":
         return cls(BackwardMode.IMPLICIT, _enum(LinearSolver, solver, "implicit solver"),
-                   _integer("implicit iters", iters), tol, float(alpha))
+                   _integer("implicit iters", iters), tol,
+                   None if alpha is None else float(alpha))
 
     @classmethod
     def parse(cls, name: str, *args, **kwargs) -> "Backward":
@@ -147,8 +151,9 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iters: int, tol: Optional[floa
     return x
 
 
-def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: float = 1.0) -> Tensor:
-    """x (B, k) ~ A^{-1} b by the truncated Neumann series of A^{-1} with step alpha,
+def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: Union[float, Tensor] = 1.0) -> Tensor:
+    """x (B, k) ~ A^{-1} b by the truncated Neumann series of A^{-1} with step alpha (a number,
+    or (B, 1) for one step per row),
 
         x = alpha sum_{i<iters} (I - alpha A)^i b,
 
@@ -172,23 +177,32 @@ def implicit_argmin(z_star: Tensor, objective: Callable[[Tensor], Tensor],
     that require grad). z_star: a local minimizer per row (its own graph is ignored).
     Backward: dL/dtheta = -w' d(grad_z f)/dtheta with H w = dL/dz*, H the Hessian of f at z*
     (Hessian-vector products by double backward), solved per row by `backward.solver`: CG
-    (H must be positive definite) or Neumann with step `backward.alpha` (< 2 / lambda_max(H)).
+    (H must be positive definite) or Neumann with step `backward.alpha` (< 2 / lambda_max(H);
+    None: estimated per row, see `Backward`).
 
     free (B, ...) bool, optional: the coordinates that are free at z* (e.g. not at a bound);
     the others get no implicit correction (dz_i/dtheta = 0 here; a caller that fixes them
     at a bound b(theta) substitutes b inside `objective` and in the result, so that the
     coupling H_FA db/dtheta reaches the free ones). The system is then H_FF w_F = v_F.
-    Without autograd (or if nothing requires grad) returns z_star detached."""
+    Without autograd, or if the objective depends on no tensor that requires grad, returns
+    z_star detached (that check costs one evaluation of the objective)."""
     z = z_star.detach()
     if not torch.is_grad_enabled():
         return z
     with torch.enable_grad():
+        probe = objective(z)
+    if probe.shape != z.shape[:1]:
+        raise ValueError(f"implicit_argmin: objective must return one value per row, shape "
+                         f"({z.shape[0]},), got {tuple(probe.shape)}")
+    if not probe.requires_grad:
+        return z
+    with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         value = objective(leaf)
-        _check_rowwise(value, z, "implicit_argmin: objective")
-        (g,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
-    if not g.requires_grad:
-        return z
+        (g,) = torch.autograd.grad(value.sum(), leaf, create_graph=True, allow_unused=True)
+    if g is None or not g.requires_grad:
+        raise ValueError("implicit_argmin: the objective's gradient does not depend on z or "
+                         "on any parameter (no curvature to invert)")
     mask = None if free is None else free.expand_as(z)
     return _ArgminSurrogate.apply(z, g, leaf, mask, backward)
 
@@ -200,22 +214,25 @@ def implicit_fixed_point(z_star: Tensor, mapping: Callable[[Tensor], Tensor],
     mapping: T, z (B, ...) -> (B, ...), row-wise, closing over theta. Backward: with
     v = dL/dz* and J = dT/dz at z*, solve the adjoint system (I - J') w = v and return
     dL/dtheta = w' dT/dtheta, by vector-Jacobian products only:
-      NEUMANN  w = sum_{i<iters} J'^i v (alpha = 1; alpha < 1 damps), valid for a contraction;
+      NEUMANN  w = sum_{i<iters} J'^i v (alpha None or 1; alpha < 1 damps), for a contraction;
       CG       conjugate gradients on the normal equations (I - J)(I - J') w = (I - J) v
                (each product one VJP and one JVP by double backward; needs I - J nonsingular,
                converges with the square of its condition number).
-    Memory: one evaluation of T, independent of the forward iterations."""
+    Memory: one evaluation of T, independent of the forward iterations. Without autograd, or
+    if T depends on no tensor that requires grad, returns z_star detached."""
     z = z_star.detach()
     if not torch.is_grad_enabled():
         return z
     with torch.enable_grad():
+        probe = mapping(z)
+    if probe.shape != z.shape:
+        raise ValueError(f"implicit_fixed_point: mapping must keep the shape {tuple(z.shape)}, "
+                         f"returned {tuple(probe.shape)}")
+    if not probe.requires_grad:
+        return z
+    with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         Tz = mapping(leaf)
-    if Tz.shape != z.shape:
-        raise ValueError(f"implicit_fixed_point: mapping must keep the shape {tuple(z.shape)}, "
-                         f"returned {tuple(Tz.shape)}")
-    if not Tz.requires_grad:
-        return z
     return _FixedPointSurrogate.apply(z, Tz, leaf, backward)
 
 
@@ -283,7 +300,8 @@ class _FixedPointSurrogate(torch.autograd.Function):
 
         rhs = v.reshape(B, -1)
         if options.solver is LinearSolver.NEUMANN:
-            w = neumann(adjoint, rhs, options.iters, options.alpha)
+            alpha = 1.0 if options.alpha is None else options.alpha
+            w = neumann(adjoint, rhs, options.iters, alpha)
         else:
             forward_map = _jacobian_product(Tz, leaf)
             w = conjugate_gradient(lambda p: forward_map(adjoint(p)), forward_map(rhs),
@@ -309,10 +327,30 @@ def _jacobian_product(Tz: Tensor, leaf: Tensor) -> MatVec:
     return product
 
 
+POWER_ITERS = 10     # Hessian-vector products to estimate the Neumann step (alpha=None)
+
+
 def _solve(matvec: MatVec, b: Tensor, options: Backward) -> Tensor:
     if options.solver is LinearSolver.CG:
         return conjugate_gradient(matvec, b, options.iters, options.tol)
-    return neumann(matvec, b, options.iters, options.alpha)
+    alpha = options.alpha
+    if alpha is None:
+        alpha = 1.0 / (1.2 * largest_eigenvalue(matvec, b, POWER_ITERS))[:, None]
+    return neumann(matvec, b, options.iters, alpha)
+
+
+
+def largest_eigenvalue(matvec: MatVec, b: Tensor, iters: int) -> Tensor:
+    """(B,) power-iteration estimate of each row's largest |eigenvalue| of a symmetric A, from
+    the start ones + b / ||b|| (a lower bound; rows with a zero estimate get 1)."""
+    v = torch.ones_like(b) + b / _dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)[:, None]
+    estimate = torch.ones_like(b[:, 0])
+    for _ in range(iters):
+        v = v / _dot(v, v).sqrt().clamp_min(torch.finfo(b.dtype).tiny)[:, None]
+        Av = matvec(v)
+        estimate = _dot(Av, Av).sqrt()
+        v = Av
+    return torch.where(estimate > 0, estimate, 1.0)
 
 
 # ---- unrolled and truncated iterations -------------------------------------------------------
@@ -320,14 +358,16 @@ def _solve(matvec: MatVec, b: Tensor, options: Backward) -> Tensor:
 State = TypeVar("State", bound=tuple)
 
 
-def iterate(step: Callable[[State], State], state: State, iters: int, backward: Backward,
-            stop: Callable[[State], Tensor]) -> tuple[State, Tensor]:
-    """Run state <- step(state) at most `iters` times, recording autograd as backward.mode says,
-    and return (state, iterations (B,) int64 taken per row).
+def iterate(step: Callable[[State, Tensor], State], state: State, iters: int,
+            backward: Backward, stop: Callable[[State], Tensor]) -> tuple[State, Tensor]:
+    """Run state <- step(state, active) at most `iters` times, recording autograd as
+    backward.mode says, and return (state, iterations (B,) int64 taken per row).
 
-    state: a NamedTuple or tuple of batch-first tensors (B, ...); step must act row by row. stop(state) ->
-    (B,) bool marks rows that are done (converged or failed): they stop changing (their
-    entries are kept by `torch.where`) and the loop ends once every row is done.
+    state: a NamedTuple or tuple of batch-first tensors (B, ...); step must act row by row
+    (active (B,) bool marks the rows whose result is kept: a step may skip work for the
+    others). stop(state) -> (B,) bool marks rows that are done (converged or failed): they
+    stop changing (their entries are kept by `torch.where`) and the loop ends once every row
+    is done.
       UNROLL     every iteration recorded (if autograd is enabled).
       TRUNCATED  iters - k iterations without autograd, then k recorded steps of every row
                  (a done row steps too, so that its gradient is that of k steps, not zero).
@@ -341,20 +381,21 @@ def iterate(step: Callable[[State], State], state: State, iters: int, backward: 
     with torch.set_grad_enabled(record):
         state, iterations = _iterate_until_done(step, state, free_iters, stop)
     if backward.mode is BackwardMode.TRUNCATED and torch.is_grad_enabled():
+        every_row = torch.ones_like(iterations, dtype=torch.bool)
         for _ in range(min(backward.k, iters)):
-            state = step(state)
+            state = step(state, every_row)
         iterations = iterations + min(backward.k, iters)
     return state, iterations
 
 
-def _iterate_until_done(step: Callable[[State], State], state: State, iters: int,
+def _iterate_until_done(step: Callable[[State, Tensor], State], state: State, iters: int,
                         stop: Callable[[State], Tensor]) -> tuple[State, Tensor]:
     done = stop(state)
     iterations = torch.zeros(done.shape, dtype=torch.int64, device=done.device)
     for _ in range(iters):
         if bool(done.all()):
             break
-        new = step(state)
+        new = step(state, ~done)
         state = _same_kind(state, [torch.where(_rows(done, old), old, s)
                                    for s, old in zip(new, state)])
         iterations = iterations + (~done).to(iterations.dtype)
@@ -381,12 +422,6 @@ def _same_kind(state: State, items: list) -> State:
 
 def _tolerance(b: Tensor, tol: Optional[float]) -> float:
     return torch.finfo(b.dtype).eps ** 0.5 if tol is None else tol
-
-
-def _check_rowwise(value: Tensor, z: Tensor, what: str) -> None:
-    if value.shape != z.shape[:1]:
-        raise ValueError(f"{what} must return one value per row, shape ({z.shape[0]},), "
-                         f"got {tuple(value.shape)}")
 
 
 def _enum(kind: type, name, what: str):

@@ -77,7 +77,8 @@ def test_neumann_series_for_hessian_and_for_contraction():
 # ---- implicit argmin -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backward", [Backward.implicit("cg", iters=30, tol=1e-14),
-                                      Backward.implicit("neumann", iters=200, alpha=0.5)])
+                                      Backward.implicit("neumann", iters=200, alpha=0.5),
+                                      Backward.implicit("neumann", iters=200)])  # alpha estimated
 def test_argmin_of_quadratic_matches_closed_form(backward):
     """z* = A^{-1} b for f = 1/2 z'Az - b'z; gradients w.r.t. A's factor and b by autograd
     through a dense solve."""
@@ -169,8 +170,14 @@ def test_argmin_without_grad_returns_detached_input():
     with torch.no_grad():
         out = implicit_argmin(z, lambda y: (y * y).sum(-1))
     assert not out.requires_grad and torch.equal(out, z)
+    constant = implicit_argmin(z.detach(), lambda y: (y * y).sum(-1))    # nothing to learn
+    assert not constant.requires_grad
+    assert not implicit_fixed_point(z.detach(), lambda y: 0.5 * y).requires_grad
     with pytest.raises(ValueError, match="one value per row"):
         implicit_argmin(z, lambda y: (y * y).sum())
+    w = torch.ones(3, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="no curvature"):
+        implicit_argmin(z, lambda y: w.sum() + 0.0 * y.detach().sum(-1))
 
 
 # ---- implicit fixed point --------------------------------------------------------------------
@@ -217,6 +224,7 @@ def test_backward_parse_spellings_and_errors():
     assert (implicit.mode, implicit.solver, implicit.iters) == (BackwardMode.IMPLICIT,
                                                                 LinearSolver.CG, 20)
     assert Backward.parse("implicit", "neumann", iters=50, alpha=0.5).alpha == 0.5
+    assert Backward.parse("implicit", solver="neumann").alpha is None
     with pytest.raises(ValueError, match="unknown backward 'unrolled'"):
         Backward.parse("unrolled")
     with pytest.raises(ValueError, match="unknown implicit solver 'gmres'"):
@@ -240,8 +248,9 @@ def test_iterate_records_unrolled_or_truncated_steps(backward, expected_terms):
     """z <- a z + theta from z = 0: dz_N/dtheta = sum_{j<N} a^j over the recorded steps."""
     a = 0.5
     theta = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
-    state, iterations = iterate(lambda s: Linear(a * s.z + theta), Linear(torch.zeros(2, dtype=F64)),
-                                6, backward, stop=lambda s: torch.zeros(2, dtype=torch.bool))
+    state, iterations = iterate(lambda s, active: Linear(a * s.z + theta),
+                                Linear(torch.zeros(2, dtype=F64)), 6, backward,
+                                stop=lambda s: torch.zeros(2, dtype=torch.bool))
     (g,) = torch.autograd.grad(state.z.sum(), theta)
     assert torch.allclose(g, torch.full((2,), sum(a ** j for j in range(expected_terms)),
                                         dtype=F64))
@@ -250,6 +259,7 @@ def test_iterate_records_unrolled_or_truncated_steps(backward, expected_terms):
 
 
 def test_iterate_freezes_rows_that_stop():
-    state, iterations = iterate(lambda s: Linear(s.z + 1), Linear(torch.tensor([0.0, 5.0])), 10,
-                                Backward(), stop=lambda s: s.z >= 3)
+    state, iterations = iterate(lambda s, active: Linear(s.z + 1),
+                                Linear(torch.tensor([0.0, 5.0])), 10, Backward(),
+                                stop=lambda s: s.z >= 3)
     assert state.z.tolist() == [3.0, 5.0] and iterations.tolist() == [3, 0]
