@@ -29,15 +29,16 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import planlang  # noqa: E402
 from runtime.gym_env import make_env, run_episode  # noqa: E402
-from runtime.sampling import (CEMOptions, MPPIOptions, SamplingProblem, cem,  # noqa: E402
-                              mppi)
+from runtime.sampling import CEMOptions, MPPIOptions, SamplingProblem, mppi  # noqa: E402
 
 DT, G, MAX_SPEED, MAX_TORQUE = 0.05, 10.0, 8.0, 2.0
 START = (math.pi, 1.0)
@@ -73,12 +74,6 @@ def pendulum_cost(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return a * a + 0.1 * thdot * thdot + 0.001 * u.squeeze(-1) ** 2
 
 
-def pendulum_final_cost(x: torch.Tensor) -> torch.Tensor:
-    th, thdot = x.unbind(-1)
-    a = angle_normalize(th)
-    return a * a + 0.1 * thdot * thdot
-
-
 def observation_state(obs: torch.Tensor) -> torch.Tensor:
     """Pendulum-v1 observation (cos th, sin th, thdot) -> state (th, thdot)."""
     return torch.stack((torch.atan2(obs[1], obs[0]), obs[2]))
@@ -91,27 +86,24 @@ def start_at_bottom(env):
 
 # ---- the planners as closed-loop controllers ---------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def pendulum_problem(dtype: torch.dtype, fuse: bool) -> SamplingProblem:
-    """One problem per configuration: a fused problem compiles once, on its first solve."""
-    return SamplingProblem(lambda x, u, t: pendulum_step(x, u),
-                           lambda x, u, t: pendulum_cost(x, u), pendulum_final_cost,
-                           torch.tensor(-MAX_TORQUE, dtype=dtype),
-                           torch.tensor(MAX_TORQUE, dtype=dtype), vectorized_cost=True, fuse=fuse)
+PLAN = Path(__file__).resolve().parents[1] / "examples" / "pendulum_mppi.plan"
 
 
 def planlang_controller(solver: str, options, horizon: int, seed: int, dtype: torch.dtype,
                         fuse: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """obs -> torque by planlang's `solver` ("mppi" or "cem") on the pendulum, receding horizon."""
-    problem = pendulum_problem(dtype, fuse)
-    solve = {"mppi": mppi, "cem": cem}[solver]
-    generator = torch.Generator().manual_seed(seed)
+    """obs -> torque by the compiled examples/pendulum_mppi.plan solved by `solver` ("mppi" or
+    "cem"), receding horizon, warm-started with the previous plan shifted by one step."""
+    settings = {**dataclasses.asdict(options), "seed": seed, "fuse": "on" if fuse else "off"}
+    module = planlang.compile(planlang.load(PLAN), dtype=dtype, solver=solver, options=settings)
+    if module.horizon != horizon:
+        raise SystemExit(f"{PLAN.name} has horizon {module.horizon}; run with --horizon {module.horizon}")
     plan = torch.zeros(1, horizon, 1, dtype=dtype)
 
     def control(obs: torch.Tensor) -> torch.Tensor:
         nonlocal plan
+        th, thdot = observation_state(obs)
         with torch.no_grad():
-            solution = solve(problem, observation_state(obs).unsqueeze(0), plan, options, generator)
+            solution = module(th=th, thdot=thdot, warm_start=plan)
             plan = torch.cat((solution.u[:, 1:], torch.zeros_like(solution.u[:, :1])), 1)
         return solution.u[0, 0]
     return control
