@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from planlang import ast
-from planlang.errors import PlanError
+from planlang.errors import PlanError, did_you_mean
 from planlang.plan import Plan, load, loads
 
 
@@ -12,6 +12,9 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
             solver: str | None = None):
     """Check `plan` and lower it to a differentiable `torch.nn.Module` (`PlanModule`).
 
+    `dtype` is the dtype of the learnables (and of a solve given no floating-point tensors); the
+    plan's literal values stay float64 and are cast to the dtype of each solve's inputs, so a
+    float32 module called with float64 tensors solves in float64 from the exact constants.
     `solver` replaces the plan's `solve` line (its options then start from their defaults);
     `options` override solver options (e.g. `{"tol": 1e-10}`), validated like the plan's own.
     Raises `PlanError` (with file:line:col, the line and a caret) when the plan is malformed or
@@ -22,6 +25,12 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
 
     graph = plan.graph
     if solver is not None:
+        from compiler.solvers import SOLVERS
+
+        if solver not in SOLVERS:
+            hint = did_you_mean(solver, SOLVERS)
+            raise ValueError(f"compile(solver='{solver}'): unknown solver" + (f"; {hint}" if hint else "")
+                             + f" (solvers: {', '.join(SOLVERS)})")
         graph = graph.copy()
         decl = graph.nodes["solve"]["decl"] if "solve" in graph else None
         if decl is None:

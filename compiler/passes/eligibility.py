@@ -5,6 +5,8 @@ sub-expression, where it is, and which solver would take the plan.
 """
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import torch
 
@@ -46,6 +48,9 @@ def run(graph: nx.DiGraph) -> PassResult:
     return PassResult(graph, modified)
 
 
+MAX_INT_OPTION = 10**6            # iteration counts: beyond this a solve is a hang, not a plan
+
+
 def accepting_solvers(graph: nx.DiGraph) -> list[str]:
     """The solvers that take a plan (graph after classify), in order of preference."""
     info: PlanInfo = graph.graph["plan_info"]
@@ -70,10 +75,11 @@ def _options(spec: SolverSpec, decl: ast.SolveDecl, errors: Collector) -> dict:
                 continue
         else:
             value = _number(kw.value)
-            if value is None or (opt.kind is int and value != int(value)) or \
+            if value is None or (opt.kind is int and (value != int(value) or value > MAX_INT_OPTION)) or \
                     (opt.minimum is not None and value < opt.minimum):
                 what = "an integer" if opt.kind is int else "a number"
                 bound = f" >= {opt.minimum:g}" if opt.minimum is not None else ""
+                bound += f" and <= {MAX_INT_OPTION:.0e}" if opt.kind is int else ""
                 errors.add(kw.value.span, f"option '{kw.name}' must be {what}{bound}")
                 continue
             value = opt.kind(value)
@@ -82,11 +88,14 @@ def _options(spec: SolverSpec, decl: ast.SolveDecl, errors: Collector) -> dict:
 
 
 def _number(e: ast.Expr) -> float | None:
+    """A (signed) finite number literal, else None."""
     if isinstance(e, ast.Number):
-        return e.value
-    if isinstance(e, ast.Unary) and isinstance(e.operand, ast.Number):
-        return -e.operand.value if e.op is ast.UnOp.NEG else e.operand.value
-    return None
+        value = e.value
+    elif isinstance(e, ast.Unary) and isinstance(e.operand, ast.Number):
+        value = -e.operand.value if e.op is ast.UnOp.NEG else e.operand.value
+    else:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _problems(graph: nx.DiGraph, info: PlanInfo, spec: SolverSpec) -> list[tuple]:
@@ -169,6 +178,10 @@ def _convexity_problems(graph: nx.DiGraph, info: PlanInfo) -> list[tuple]:
         found = nonconvex_term(data["ir"], env, nz, like, block)
         if found is not None:
             term, eig = found
+            if math.isnan(eig):
+                out.append((term.span, "cost's Hessian is not finite at the default values",
+                            "the weights overflow float64; scale them down"))
+                continue
             out.append((term.span, f"cost is not convex: its Hessian has eigenvalue {eig:.3g} < 0",
                         "weights of squares must be nonnegative (mark learnables `positive`)"))
     return out

@@ -4,6 +4,16 @@ Builds the typed IR (`compiler.ir.Expr`) of each declaration with static shapes 
 broadcasting; `@` as in NumPy for vectors and matrices), and checks: defaults broadcast to
 their declared shapes, `x' = e` has the shape of x, costs are scalars, constraint sides
 broadcast. Results: node attribute `ir` (and `sense` for constraints) and `graph.graph['plan_info']`.
+
+Range checks (each a located error): every number and every folded constant is finite; sizes,
+indices and the horizon are integers in range; and three limits keep a plan from exhausting
+memory before it is solved:
+
+- `MAX_ELEMENTS`: a declared tensor or a constant holds at most 10^7 numbers (80 MB in float64);
+- `MAX_HORIZON`: at most 10^6 stages (the solvers loop over stages in Python);
+- `MAX_STAGE_DATA`: horizon * (n + m)^2 <= 10^8, where n and m count the state and control
+  numbers: the stage Hessians C (B, T, n+m, n+m) alone take 800 MB per batch element in
+  float64 at that size, and the solvers hold several tensors of that size (`solve qp` about ten).
 """
 from __future__ import annotations
 
@@ -24,6 +34,9 @@ from planlang.graph import NodeKind
 
 NAME = "shapes"
 _F64 = torch.zeros((), dtype=torch.float64)
+MAX_ELEMENTS = 10**7
+MAX_HORIZON = 10**6
+MAX_STAGE_DATA = 10**8
 _BINARY = {ast.BinOp.ADD: Op.ADD, ast.BinOp.SUB: Op.SUB, ast.BinOp.MUL: Op.MUL, ast.BinOp.DIV: Op.DIV,
            ast.BinOp.POW: Op.POW, ast.BinOp.MATMUL: Op.MATMUL}
 
@@ -58,6 +71,8 @@ def run(graph: nx.DiGraph) -> PassResult:
                 info.variables[data["name"]] = typer.variable(node, data["decl"])
             except _Located as err:
                 errors.add(err.span, err.message, err.hint)
+    errors.raise_if_any()
+    _check_stage_data(graph, info, errors)
     errors.raise_if_any()
 
     for node, data in graph.nodes(data=True):
@@ -105,6 +120,24 @@ def _check_one_integrator(graph: nx.DiGraph, errors: Collector) -> None:
                                   f"the first is {describe(first)}", "use one integrator and step for every state")
 
 
+def _check_stage_data(graph: nx.DiGraph, info: PlanInfo, errors: Collector) -> None:
+    """horizon * (n + m)^2 <= MAX_STAGE_DATA (see the module docstring)."""
+    width = sum(v.size for v in info.variables.values() if v.ref.is_decision)
+    if info.horizon * width ** 2 > MAX_STAGE_DATA:
+        errors.add(graph.nodes["horizon"]["decl"].value.span,
+                   f"horizon {info.horizon} with {width} states and controls is too large: horizon * (n + m)^2 = "
+                   f"{info.horizon * width ** 2:.3g} exceeds the limit {MAX_STAGE_DATA:.0e}",
+                   "the solvers keep (n + m) x (n + m) matrices for every stage; shorten the horizon")
+
+
+def _whole(value: torch.Tensor) -> int | None:
+    """The value of a one-element tensor if it is a finite integer, else None."""
+    if value.numel() != 1:
+        return None
+    v = value.item()
+    return int(v) if math.isfinite(v) and v == int(v) else None
+
+
 def _const_order(graph: nx.DiGraph) -> list[str]:
     consts = [n for n, d in graph.nodes(data=True) if d["kind"] is NodeKind.CONST]
     return [n for n in nx.topological_sort(graph.subgraph(consts))]
@@ -112,10 +145,13 @@ def _const_order(graph: nx.DiGraph) -> list[str]:
 
 def _horizon(graph: nx.DiGraph, typer: "Typer") -> int:
     decl = graph.nodes["horizon"]["decl"]
-    value = typer.const_value(decl.value)
-    if value.numel() != 1 or value.item() != int(value.item()) or value.item() < 1:
+    value = _whole(typer.const_value(decl.value))
+    if value is None or value < 1:
         raise _Located(decl.value.span, "the horizon must be a positive integer", "e.g. `horizon 30`")
-    return int(value.item())
+    if value > MAX_HORIZON:
+        raise _Located(decl.value.span, f"the horizon {value} exceeds the limit {MAX_HORIZON:.0e}",
+                       "the solvers loop over stages; shorten the horizon or coarsen the time step")
+    return value
 
 
 class Typer:
@@ -136,15 +172,20 @@ class Typer:
             value = size.value
         else:
             const = self.info.consts.get(size.value)
-            if const is None or const.numel() != 1 or const.item() != int(const.item()):
+            value = None if const is None else _whole(const)
+            if value is None:
                 raise _Located(size.span, f"size '{size.value}' must be an integer const")
-            value = int(const.item())
         if value < 1:
             raise _Located(size.span, "sizes must be positive")
+        if value > MAX_ELEMENTS:
+            raise _Located(size.span, f"size {value} exceeds the limit of {MAX_ELEMENTS:.0e} elements")
         return value
 
     def variable(self, node: str, decl: ast.VarDecl) -> VarInfo:
         shape = tuple(self.size(s) for s in decl.shape)
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise _Located(decl.span, f"{decl.kind.value} '{decl.name}' has {math.prod(shape):.3g} elements, "
+                                      f"more than the limit {MAX_ELEMENTS:.0e}")
         ref = VarRef(decl.kind, decl.name)
         if decl.kind in (ast.VarKind.STATE, ast.VarKind.CONTROL) and len(shape) > 1:
             raise _Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {format_shape(shape)}",
@@ -229,11 +270,13 @@ class Typer:
                 value = evaluate(typed, {}, _F64)
             except (ValueError, RuntimeError) as err:
                 raise _Located(e.span, f"cannot evaluate constant expression: {err}") from None
-            return Expr(Op.CONST, (), typed.shape, e.span, value[0])
+            return Expr(Op.CONST, (), typed.shape, e.span, _finite(value[0], e.span))
         return typed
 
     def _expr(self, e) -> Expr:
         if isinstance(e, ast.Number):
+            if not math.isfinite(e.value):
+                raise _Located(e.span, "number out of range: it overflows float64 (largest about 1.8e308)")
             return Expr(Op.CONST, (), (), e.span, torch.tensor(e.value, dtype=torch.float64))
         if isinstance(e, ast.Name):
             return self._name(e)
@@ -287,10 +330,14 @@ class Typer:
         if fn.fold is not None:
             sizes = []
             for arg, src in zip(args, e.args):
-                if arg.op is not Op.CONST or arg.attr.numel() != 1 or arg.attr.item() != int(arg.attr.item()) \
-                        or arg.attr.item() < 1:
+                size = _whole(arg.attr) if arg.op is Op.CONST else None
+                if size is None or size < 1:
                     raise _Located(src.span, f"{e.func}() takes positive integer constants")
-                sizes.append(int(arg.attr.item()))
+                sizes.append(size)
+            count = math.prod(sizes) * (sizes[0] if e.func == "eye" else 1)
+            if count > MAX_ELEMENTS:
+                raise _Located(e.span, f"{e.func}() would make {count:.3g} elements, more than the limit "
+                                       f"{MAX_ELEMENTS:.0e}")
             value = fn.fold(*sizes)
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         try:
@@ -326,10 +373,19 @@ class Typer:
         if e is None:
             return default
         value = self.expr(e)
-        if value.op is not Op.CONST or value.attr.numel() != 1 or value.attr.item() != int(value.attr.item()):
+        i = _whole(value.attr) if value.op is Op.CONST else None
+        if i is None:
             raise _Located(e.span, "indices must be integer constants")
-        i = int(value.attr.item())
         return i + size if i < 0 else i
+
+
+def _finite(value: torch.Tensor, span) -> torch.Tensor:
+    """A folded constant, which must be finite (1/0, log(0), exp(1000) are errors, not values)."""
+    if not bool(torch.isfinite(value).all()):
+        bad = value[~torch.isfinite(value)].flatten()[0].item()
+        raise _Located(span, f"this constant expression evaluates to {bad} (not a finite number)",
+                       "a plan's constants, defaults and bounds must be finite")
+    return value
 
 
 def _matmul_shape(e: ast.Binary, a: Shape, b: Shape) -> Shape:
