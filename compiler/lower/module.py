@@ -158,9 +158,6 @@ class PlanModule(nn.Module):
 
     def _batch_size(self, batches: dict[str, int]) -> int:
         """The common batch size B of the bound values (each B or 1), naming the ones that disagree."""
-        empty = [name for name, b in batches.items() if b == 0]
-        if empty:
-            raise ValueError(f"{self.plan_name}: empty batch: '{empty[0]}' has batch size 0")
         sizes = {b for b in batches.values() if b != 1}
         if len(sizes) > 1:
             detail = ", ".join(f"'{name}' {b}" for name, b in batches.items() if b != 1)
@@ -191,6 +188,8 @@ class PlanModule(nn.Module):
         if tuple(value.shape) == shape:
             return value.unsqueeze(0)
         if value.dim() == len(shape) + 1 and tuple(value.shape[1:]) == shape:
+            if value.shape[0] == 0:
+                raise ValueError(f"{self.plan_name}: empty batch: '{name}' has batch size 0")
             return value
         want = f"({', '.join(map(str, shape))})" if shape else "a scalar"
         raise ValueError(f"{self.plan_name}: '{name}' has shape {tuple(value.shape)}; expected {want} "

@@ -336,8 +336,7 @@ class Typer:
                 sizes.append(size)
             count = math.prod(sizes) * (sizes[0] if e.func == "eye" else 1)
             if count > MAX_ELEMENTS:
-                raise _Located(e.span, f"{e.func}() would make {count:.3g} elements, more than the limit "
-                                       f"{MAX_ELEMENTS:.0e}")
+                raise _Located(e.span, f"{e.func}() would make more elements than the limit {MAX_ELEMENTS:.0e}")
             value = fn.fold(*sizes)
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         try:

@@ -4,10 +4,12 @@
 Each mutant is one example plan with one or two token-level changes: a number replaced by an
 extreme value (1e308, 1e309, 2**31, 20 digits, ...) or by a non-finite expression (1/0,
 log(0), ...), a token deleted, duplicated or replaced by another token of the language, or a
-line deleted or duplicated. A mutant is parsed, compiled (float64) and, when its horizon is at
-most `solve_horizon`, solved once with zeros for inputs that have no default.
+line deleted or duplicated. A mutant is parsed, compiled (float64) and, when its solver is one
+of `solvers` and its horizon at most `solve_horizon`, solved once (iterations capped at `iters`)
+with zeros for inputs that have no default. A crash is any exception but `PlanError`, or a
+`solved` element with a non-finite x, u or cost; a hang is a mutant over `seconds`.
 
-    PYTHONPATH=$PWD python -m tests.fuzz_plans --mutants 5000 --seed 1    # a larger run
+    PYTHONPATH=$PWD python tests/compiler/fuzz_plans.py --mutants 5000 --seed 1 --solvers lqr qp ilqr
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 import planlang
 from planlang.errors import PlanError
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.plan"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.plan"))
 _TOKEN = re.compile(r'"""[\s\S]*?"""|#[^\n]*|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+|[A-Za-z_]\w*|\S')
 EXTREME_NUMBERS = ("0", "-1", "1e308", "1e309", "-1e308", "99999999999999999999", "2147483648",
                    "1e-320", "1000", "3", "0.5", "2.5", "1e30", "-0")
@@ -86,14 +88,22 @@ def _mutate_once(text: str, rng: random.Random) -> str:
     return text[:target.start()] + new + text[target.end():]
 
 
-def run_one(text: str, solve_horizon: int, seconds: float) -> Outcome:
-    """Parse, compile and (horizon permitting) solve one plan text, within `seconds`."""
+@dataclass(frozen=True)
+class Limits:
+    solvers: tuple[str, ...] = ("lqr", "qp")   # iLQR solves of the examples take seconds each
+    solve_horizon: int = 200
+    iters: int = 5
+    seconds: float = 10.0
+
+
+def run_one(text: str, limits: Limits) -> Outcome:
+    """Parse, compile and (limits permitting) solve one plan text, within `limits.seconds`."""
     previous = signal.signal(signal.SIGALRM, _raise_timeout)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, limits.seconds)
     try:
-        return _run(text, solve_horizon)
+        return _run(text, limits)
     except _Timeout:
-        return Outcome("hang", f"over {seconds:g} s")
+        return Outcome("hang", f"over {limits.seconds:g} s")
     except PlanError as err:
         return Outcome("error", err.message)
     except Exception as err:            # the point of the fuzzer: anything else is a crash
@@ -107,11 +117,13 @@ def _raise_timeout(signum, frame):
     raise _Timeout
 
 
-def _run(text: str, solve_horizon: int) -> Outcome:
+def _run(text: str, limits: Limits) -> Outcome:
     plan = planlang.loads(text, "mutant.plan")
     module = planlang.compile(plan, dtype=torch.float64)
-    if module.horizon > solve_horizon:
+    if module.horizon > limits.solve_horizon or module.solver not in limits.solvers:
         return Outcome("compiled")
+    if "iters" in module.info.options:
+        module.info.options["iters"] = min(module.info.options["iters"], limits.iters)
     values = {name: torch.zeros(var.shape, dtype=torch.float64)
               for name, var in module.inputs().items() if module.default(name) is None}
     with torch.no_grad():
@@ -124,8 +136,7 @@ def _run(text: str, solve_horizon: int) -> Outcome:
     return Outcome("status", ",".join(sorted(set(sol.status_names()))))
 
 
-def fuzz(mutants: int, seed: int, solve_horizon: int = 200, seconds: float = 10.0,
-         budget: float | None = None) -> Report:
+def fuzz(mutants: int, seed: int, limits: Limits = Limits(), budget: float | None = None) -> Report:
     """Run `mutants` mutants (fewer if `budget` seconds run out); a Report of outcomes and failures."""
     rng = random.Random(seed)
     texts = [p.read_text() for p in EXAMPLES]
@@ -135,7 +146,7 @@ def fuzz(mutants: int, seed: int, solve_horizon: int = 200, seconds: float = 10.
         if budget is not None and time.perf_counter() - start > budget:
             break
         text = mutate(rng.choice(texts), rng)
-        outcome = run_one(text, solve_horizon, seconds)
+        outcome = run_one(text, limits)
         report.counts[outcome.kind] += 1
         if outcome.kind in ("crash", "hang"):
             report.failures.append((text, outcome))
@@ -147,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mutants", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--solve-horizon", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per-mutant time limit (a hang)")
+    parser.add_argument("--solvers", nargs="+", default=list(Limits.solvers), help="solve mutants of these")
+    parser.add_argument("--solve-horizon", type=int, default=Limits.solve_horizon)
+    parser.add_argument("--iters", type=int, default=Limits.iters, help="cap on iterative solvers' iterations")
+    parser.add_argument("--seconds", type=float, default=Limits.seconds, help="per-mutant time limit (a hang)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    report = fuzz(args.mutants, args.seed, args.solve_horizon, args.seconds)
+    limits = Limits(tuple(args.solvers), args.solve_horizon, args.iters, args.seconds)
+    report = fuzz(args.mutants, args.seed, limits)
     for text, outcome in report.failures:
         print(f"---- {outcome.kind}: {outcome.detail}\n{text}")
     print(f"{report.total} mutants in {report.seconds:.1f} s: {dict(report.counts)}")
