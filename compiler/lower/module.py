@@ -20,9 +20,9 @@ import networkx as nx
 import torch
 from torch import nn
 
+from compiler import quadform as qf
 from compiler.context import PlanInfo, VarInfo
 from compiler.defaults import default_value
-from compiler import quadform as qf
 from compiler.evaluate import evaluate
 from compiler.ir import VarRef
 from compiler.layout import Layout
@@ -211,10 +211,11 @@ class PlanModule(nn.Module):
             warnings.warn(f"{self.plan_name}: solve {self.solver} failed ({type(err).__name__}: {err}); "
                           "every batch element gets status 'numerical'", RuntimeWarning, stacklevel=3)
             B, T, n, m = x0.shape[0], self.horizon, self.layout.n, self.layout.m
+            failed = torch.full((B,), int(Status.NUMERICAL), dtype=torch.int64, device=like.device)
             sol = Solution(like.new_full((B, T + 1, n), torch.nan), like.new_full((B, T, m), torch.nan),
-                           like.new_full((B,), torch.nan), torch.full((B,), int(Status.NUMERICAL),
-                                                                    dtype=torch.int64, device=like.device), self.solver)
-        finite = torch.isfinite(sol.cost) & torch.isfinite(sol.x).flatten(1).all(1) & torch.isfinite(sol.u).flatten(1).all(1)
+                           like.new_full((B,), torch.nan), failed, self.solver)
+        finite = torch.isfinite(sol.cost) & torch.isfinite(sol.x).flatten(1).all(1) & \
+            torch.isfinite(sol.u).flatten(1).all(1)
         sol.status = torch.where((sol.status == Status.SOLVED) & ~finite, int(Status.NUMERICAL), sol.status)
         sol.layout = self._solution_layout()
         return sol
@@ -241,7 +242,7 @@ class PlanModule(nn.Module):
         if x.shape[0] != u.shape[0] and 1 not in (x.shape[0], u.shape[0]):
             raise ValueError(f"{self.plan_name}: step got batch sizes {x.shape[0]} (x) and {u.shape[0]} (u)")
         batch = max(x.shape[0], u.shape[0])
-        return self._advance(env, x.expand(batch, -1), u.expand(batch, -1), like)
+        return self.backend.step(env, x.expand(batch, -1), self._saturated(env, u.expand(batch, -1), like), like)
 
     def _stacked(self, value, size: int, what: str, words: str, like: torch.Tensor) -> torch.Tensor:
         value = torch.as_tensor(value)
@@ -255,18 +256,11 @@ class PlanModule(nn.Module):
                              f"with the plan's {size} {words} stacked")
         return value
 
-    def _advance(self, env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """x' = f(x, clip(u, lower, upper)) (B, n), with this plan's control bounds."""
-        lower, upper = self.control_bounds(env, like)
-        if lower is not None:
-            u = torch.minimum(torch.maximum(u, lower), upper)
-        return self.backend.step(env, x, u, like)
-
-    def control_bounds(self, env, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The control bounds as (b, m) tensors (+-inf where a control has none); (None, None) if none."""
+    def _saturated(self, env, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """u (B, m) clipped to this plan's control bounds (b, m) (+-inf where a control has none)."""
         controls = self.layout.controls
         if all(v.lower is None for v in controls):
-            return None, None
+            return u
         lows, highs = [], []
         for var in controls:
             for bound, fill, out in ((var.lower, -torch.inf, lows), (var.upper, torch.inf, highs)):
@@ -275,16 +269,16 @@ class PlanModule(nn.Module):
                 else:
                     value = qf.pad_rank(evaluate(bound, env, like), 1)
                     out.append(value.expand(value.shape[0], var.size))
-        batch = max(t.shape[0] for t in lows + highs)
-        return tuple(torch.cat([p.expand(batch, -1) for p in parts], dim=1) for parts in (lows, highs))
+        lower, upper = (torch.cat([p.expand(u.shape[0], -1) for p in parts], dim=1) for parts in (lows, highs))
+        return torch.minimum(torch.maximum(u, lower), upper)
 
     def simulate(self, steps: int, system: "PlanModule | None" = None, **values) -> Solution:
         """Closed-loop receding-horizon MPC for `steps` steps.
 
         At each step the plan is solved from the current state (iterative solvers warm-started
-        with the previous controls shifted by one stage), its first control is applied (clipped to the
-        true system's control bounds), and the true system advances: the plan's own dynamics, or `system`, another compiled plan with
-        the same states and controls (e.g. other masses). Returns a `Solution` of the executed
+        with the previous controls shifted by one stage), its first control is applied (clipped to
+        the true system's control bounds), and the true system advances: the plan's own dynamics,
+        or `system`, another compiled plan with the same states and controls (e.g. other masses). Returns a `Solution` of the executed
         trajectory: x (B, steps+1, n), u (B, steps, m), the realized cost (stage costs along the
         way plus the final cost), status (B,) the worst status over all solves, `step_status`
         (B, steps) and iterations summed over the solves.
@@ -301,8 +295,7 @@ class PlanModule(nn.Module):
         cost = like.new_zeros(x.shape[0])
         for _ in range(steps):
             sol = self._solve(env, x, like, warm)
-            lower, upper = system.control_bounds(true_env, like)
-            u = sol.u[:, 0] if lower is None else torch.minimum(torch.maximum(sol.u[:, 0], lower), upper)
+            u = system._saturated(true_env, sol.u[:, 0], like)
             cost = cost + self.backend.stage_cost(env, x, u, like)
             x = system.backend.step(true_env, x, u, like)
             warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], dim=1).detach()

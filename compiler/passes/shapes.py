@@ -9,7 +9,8 @@ Range checks (each a located error): every number and every folded constant is f
 indices and the horizon are integers in range; and three limits keep a plan from exhausting
 memory before it is solved:
 
-- `MAX_ELEMENTS`: a declared tensor or a constant holds at most 10^7 numbers (80 MB in float64);
+- `MAX_ELEMENTS`: a declared tensor, a constant or any expression holds at most 10^7 numbers
+  (80 MB in float64);
 - `MAX_HORIZON`: at most 10^6 stages (the solvers loop over stages in Python);
 - `MAX_STAGE_DATA`: horizon * (n + m)^2 <= 10^8, where n and m count the state and control
   numbers: the stage Hessians C (B, T, n+m, n+m) alone take 800 MB per batch element in
@@ -265,6 +266,9 @@ class Typer:
     # ------------------------------------------------------------ expressions
     def expr(self, e: ast.Expr) -> Expr:
         typed = self._expr(e)
+        if math.prod(typed.shape) > MAX_ELEMENTS:
+            raise _Located(e.span, f"this expression has shape {format_shape(typed.shape)}, more elements than the "
+                                   f"limit {MAX_ELEMENTS:.0e}")
         if typed.op is not Op.CONST and all(a.op is Op.CONST for a in typed.args) and typed.op is not Op.VAR:
             try:
                 value = evaluate(typed, {}, _F64)

@@ -40,6 +40,7 @@ CRASHERS = [   # (old, new, what the message says): each crashed before, somewhe
     ("+ r * sum(u^2)", "+ r * sum(u^2) + sum(eye(1e308))", "limit"),
     ("+ r * sum(u^2)", "+ r * sum(u^2) + sum(zeros(99999999999))", "limit"),
     ("learn q[2] = [1, 1] positive", "learn q[99999999999999999999] = 1 positive", "exceeds the limit"),
+    ("+ r * sum(u^2)", "+ r * sum(u^2) + sum(r * ones(9000000, 1) * ones(1, 9000000))", "more elements than"),
     ("learn q[2] = [1, 1] positive", "learn q[2] = [exp(1000), 1] positive", "not a finite number"),
     ("cost final = ", "cost final = 1/0 + ", "not a finite number"),
     ("cost final = ", "cost final = log(0) + ", "not a finite number"),
