@@ -179,8 +179,8 @@ def _convexity_problems(graph: nx.DiGraph, info: PlanInfo) -> list[tuple]:
         if found is not None:
             term, eig = found
             if math.isnan(eig):
-                out.append((term.span, "cost's Hessian is not finite at the default values",
-                            "the weights overflow float64; scale them down"))
+                out.append((term.span, "cost's Hessian at the default values is not finite (or too "
+                                       "ill-conditioned to check its convexity)", "scale the weights down"))
                 continue
             out.append((term.span, f"cost is not convex: its Hessian has eigenvalue {eig:.3g} < 0",
                         "weights of squares must be nonnegative (mark learnables `positive`)"))

@@ -7,7 +7,7 @@ log(0), ...), a token deleted, duplicated or replaced by another token of the la
 line deleted or duplicated. A mutant is parsed, compiled (float64) and, when its solver is one
 of `solvers` and its horizon at most `solve_horizon`, solved once (iterations capped at `iters`)
 with zeros for inputs that have no default. A crash is any exception but `PlanError`, or a
-`solved` element with a non-finite x, u or cost; a hang is a mutant over `seconds`.
+`solved` element with a non-finite x, u or cost; a hang is a mutant over `seconds` of CPU time.
 
     PYTHONPATH=$PWD python tests/compiler/fuzz_plans.py --mutants 5000 --seed 1 --solvers lqr qp ilqr
 """
@@ -98,8 +98,8 @@ class Limits:
 
 def run_one(text: str, limits: Limits) -> Outcome:
     """Parse, compile and (limits permitting) solve one plan text, within `limits.seconds`."""
-    previous = signal.signal(signal.SIGALRM, _raise_timeout)
-    signal.setitimer(signal.ITIMER_REAL, limits.seconds)
+    previous = signal.signal(signal.SIGPROF, _raise_timeout)
+    signal.setitimer(signal.ITIMER_PROF, limits.seconds)     # CPU time: a loaded machine is no hang
     try:
         return _run(text, limits)
     except _Timeout:
@@ -109,8 +109,8 @@ def run_one(text: str, limits: Limits) -> Outcome:
     except Exception as err:            # the point of the fuzzer: anything else is a crash
         return Outcome("crash", "".join(traceback.format_exception(err)[-3:]))
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def _raise_timeout(signum, frame):
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solvers", nargs="+", default=list(Limits.solvers), help="solve mutants of these")
     parser.add_argument("--solve-horizon", type=int, default=Limits.solve_horizon)
     parser.add_argument("--iters", type=int, default=Limits.iters, help="cap on iterative solvers' iterations")
-    parser.add_argument("--seconds", type=float, default=Limits.seconds, help="per-mutant time limit (a hang)")
+    parser.add_argument("--seconds", type=float, default=Limits.seconds, help="per-mutant CPU-time limit (a hang)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     limits = Limits(tuple(args.solvers), args.solve_horizon, args.iters, args.seconds)

@@ -67,6 +67,14 @@ def test_a_qp_whose_stage_data_would_not_fit_in_memory_is_a_located_error():
     assert info.value.span.line == _line_of(text, "horizon 1000000")
 
 
+def test_huge_finite_weights_are_checked_for_convexity_without_a_linalg_error():
+    text = (ROOT / "examples" / "lane_keeping.plan").read_text()
+    text = text.replace("input weights[n] = [1.0, 0.1, 2.0, 0.1]", "input weights[n] = [1.0, 0.1, -1e308, 0.1]")
+    with pytest.raises(PlanError, match="not convex") as info:
+        planlang.compile(planlang.loads(text))
+    assert info.value.span.line == _line_of(text, "cost stage")
+
+
 def test_a_hessian_that_overflows_is_a_located_error_not_a_linalg_error():
     text = _di("learn q[2] = [1, 1] positive", "learn q[2] = [1e308, 1e308] positive")
     text = text.replace("sum(q * (x - goal)^2)", "sum(q * 10 * (x - goal)^2)")
