@@ -6,6 +6,8 @@ cost whose own Hessian is indefinite, so the error can point at it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from compiler import quadform as qf
@@ -14,10 +16,23 @@ from compiler.ir import Expr, Op
 
 
 def min_eigenvalue(expr: Expr, env, nz: int, like: torch.Tensor, block: slice) -> float:
-    """Smallest eigenvalue of the Hessian of a scalar quadratic `expr` restricted to z[block]."""
+    """Smallest eigenvalue of the Hessian of a scalar quadratic `expr` restricted to z[block].
+
+    NaN when the Hessian is not finite (e.g. weights that overflow at the default values) or
+    the eigenvalue solver fails on it. It is scaled to entries <= 1 first, so that huge finite
+    weights (1e308) neither overflow inside the solver nor keep it from converging.
+    """
     _, _, H = qf.coefficients(evaluate(expr, env, like), nz)
     H = H[0, block, block]
-    return float(torch.linalg.eigvalsh(2 * H).min()) if H.numel() else 0.0
+    if not bool(torch.isfinite(H).all()):
+        return math.nan
+    scale = float(H.abs().max()) if H.numel() else 0.0
+    if scale == 0.0:
+        return 0.0
+    try:
+        return float(torch.linalg.eigvalsh(H / scale).min()) * 2 * scale
+    except torch.linalg.LinAlgError:
+        return math.nan
 
 
 def additive_terms(expr: Expr) -> list[Expr]:
@@ -28,9 +43,12 @@ def additive_terms(expr: Expr) -> list[Expr]:
 
 
 def nonconvex_term(expr: Expr, env, nz: int, like: torch.Tensor, block: slice, tol: float = 1e-9) -> tuple[Expr, float] | None:
-    """(culprit, eigenvalue) if the cost's Hessian is not PSD, else None."""
+    """(culprit, eigenvalue) if the cost's Hessian is not PSD, else None; eigenvalue NaN: not finite."""
     worst = min_eigenvalue(expr, env, nz, like, block)
-    scale = 1.0 + abs(worst)
+    if math.isnan(worst):
+        return next((t for t in additive_terms(expr) if math.isnan(min_eigenvalue(t, env, nz, like, block))),
+                    expr), worst
+    scale = 1.0 + min(abs(worst), torch.finfo(torch.float64).max)     # -inf: an overflowing negative weight
     if worst >= -tol * scale:
         return None
     sign_flipped = _subtracted(expr)

@@ -8,6 +8,7 @@ The same types check values given from Python (`compile(options=...)`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,17 +40,28 @@ class OptionType:
         raise NotImplementedError
 
 
+MAX_INT_OPTION = 10**6            # iteration counts, sizes: beyond this a solve is a hang, not a plan
+
+
 @dataclass(frozen=True)
 class Number(OptionType):
+    """A finite number; integers are at most MAX_INT_OPTION unless `maximum` says otherwise."""
+
     integer: bool = False
     minimum: float | None = None
     maximum: float | None = None
 
     @property
+    def upper(self) -> float | None:
+        return MAX_INT_OPTION if self.integer and self.maximum is None else self.maximum
+
+    @property
     def describe(self) -> str:
         what = "an integer" if self.integer else "a number"
-        if self.minimum is not None and self.maximum is not None:
-            return f"{what} in [{self.minimum:g}, {self.maximum:g}]"
+        if self.minimum is not None and self.upper is not None:
+            return f"{what} >= {self.minimum:g} and <= {self.upper:.6g}"
+        if self.upper is not None:
+            return f"{what} <= {self.upper:.6g}"
         return what + (f" >= {self.minimum:g}" if self.minimum is not None else "")
 
     def parse(self, expr, const):
@@ -64,8 +76,8 @@ class Number(OptionType):
         return self._checked(float(value), None)
 
     def _checked(self, value: float, span):
-        bad = (self.integer and value != int(value)) or (self.minimum is not None and value < self.minimum) \
-            or (self.maximum is not None and value > self.maximum) or value != value
+        bad = not math.isfinite(value) or (self.integer and value != int(value)) \
+            or (self.minimum is not None and value < self.minimum) or (self.upper is not None and value > self.upper)
         if bad:
             raise OptionError(span, f"must be {self.describe}, got {value:g}")
         return int(value) if self.integer else float(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from planlang import ast
-from planlang.errors import Diagnostic, PlanError
+from planlang.errors import Diagnostic, PlanError, did_you_mean
 from planlang.plan import Plan, load, loads
 
 
@@ -12,6 +12,9 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
             solver: str | None = None, allow_imports: bool = False):
     """Check `plan` and lower it to a differentiable `torch.nn.Module` (`PlanModule`).
 
+    `dtype` is the dtype of the learnables (and of a solve given no floating-point tensors); the
+    plan's literal values stay float64 and are cast to the dtype of each solve's inputs, so a
+    float32 module called with float64 tensors solves in float64 from the exact constants.
     `solver` replaces the plan's `solve` line (its options then start from their defaults);
     `options` override solver options (e.g. `{"tol": 1e-10}`), validated like the plan's own.
     `allow_imports=True` lets `block f = python("package.module:Class", ...)` import and run the
@@ -22,11 +25,15 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     from compiler.blocks import BlockError
     from compiler.lower.module import PlanModule
     from compiler.passes import lower
-    from compiler.solvers import SOLVERS
     from compiler.pipeline import run_passes
+    from compiler.solvers import SOLVERS
 
     graph = plan.graph
     if solver is not None:
+        if solver not in SOLVERS:
+            hint = did_you_mean(solver, SOLVERS)
+            raise ValueError(f"compile(solver='{solver}'): unknown solver" + (f"; {hint}" if hint else "")
+                             + f" (solvers: {', '.join(SOLVERS)})")
         graph = graph.copy()
         decl = graph.nodes["solve"]["decl"] if "solve" in graph else None
         if decl is None:

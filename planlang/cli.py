@@ -1,13 +1,16 @@
 """The `planlang` command line: run, graph, check.
 
 Library code raises; only this module prints and sets exit codes. A `PlanError` is printed as
-`file.plan:L:C: error: ...` with the line and a caret, never as a traceback.
+`file.plan:L:C: error: ...` with the line and a caret, never as a traceback; any other exception
+is one `planlang: internal error: ...` line (exit 1). A closed output pipe (`planlang ... | head`)
+ends the command quietly.
 """
 from __future__ import annotations
 
 import argparse
 import ast as pyast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,12 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return args.handler(args)
+    except BrokenPipeError:            # the reader (e.g. `head`) closed stdout: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit's flush
+        return EXIT_FAIL
     except PlanError as err:
         print(err.render(), file=sys.stderr)
         return EXIT_FAIL
     except (SolveError, OSError, ValueError, TypeError, KeyError) as err:
         print(f"planlang: error: {err}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(err, SolveError) else EXIT_FAIL
+    except Exception as err:           # a bug: one line, not a traceback (library code raised it)
+        print(f"planlang: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def _parser() -> argparse.ArgumentParser:

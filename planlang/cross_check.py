@@ -36,14 +36,21 @@ class CrossReport:
     seconds: float = 0.0
 
     @property
+    def compared(self) -> bool:
+        """Whether a second solver takes the plan (else there is nothing to compare)."""
+        return len(self.solvers) > 1
+
+    @property
     def ok(self) -> bool:
-        return len(self.solvers) > 1 and all(r.ok for r in self.rows)
+        """No disagreement (true when only one solver takes the plan: see `compared`)."""
+        return all(r.ok for r in self.rows)
 
     def render(self) -> str:
+        if not self.compared:
+            return (f"cross-check {self.plan}: only {self.baseline} takes this plan: nothing to compare "
+                    f"(run `planlang check` to compare it with cvxpy)")
         lines = [f"cross-check {self.plan}: {', '.join(self.solvers)} against {self.baseline} "
                  f"(float64, tolerance {self.tol:g} relative)"]
-        if len(self.solvers) < 2:
-            lines.append(f"only {self.baseline} takes this plan: nothing to compare")
         lines.append(f"  {'quantity':<14} {'solver':<6} {'max|.|':>10} {'rel err':>9}  verdict")
         for r in self.rows:
             lines.append(f"  {r.quantity:<14} {r.solver:<6} {r.magnitude:>10.4g} {r.rel_error:>9.1e}  "
@@ -64,6 +71,10 @@ def cross_check(plan, solvers: list[str] | None = None, tol: float = 1e-8, seed:
     start = time.perf_counter()
     if solvers is None:
         solvers = [s for s in accepting_solvers(run_passes(plan.graph, until="classify")) if SOLVERS[s].exact]
+    if not solvers:
+        api.compile(plan, dtype=torch.float64)      # raises the plan's own PlanError
+    if len(solvers) < 2:                            # nothing to compare: no solve
+        return CrossReport(plan.name, solvers[0], list(solvers), tol=tol, seconds=time.perf_counter() - start)
     sides = {}
     rng = np.random.default_rng(seed)
     tensors = Wx = Wu = None

@@ -13,7 +13,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from planlang.source import Source, Span
+from planlang.source import WHOLE_FILE, Source, Span
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Diagnostic:
     hint: str = ""
 
     def render(self, source: Source) -> str:
+        if self.span == WHOLE_FILE:
+            return f"{source.filename}: error: {self.message}" + (f"\n    hint: {self.hint}" if self.hint else "")
         head = f"{source.filename}:{self.span.line}:{self.span.col}: error: {self.message}"
         text = source.line(self.span.line)
         if not text:

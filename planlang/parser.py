@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 import lark
@@ -20,15 +21,24 @@ _CLOSE = {v: k for k, v in _OPEN.items()}
 
 
 class _BracketPostLexer:
-    """Drops newlines inside `( )` and `[ ]` and reports unbalanced brackets by position."""
+    """Drops newlines inside `( )` and `[ ]` and reports unbalanced brackets by position.
+
+    One instance serves the cached parser in every thread, so the per-parse bracket stack lives
+    in thread-local storage: a parse runs in one thread, start to end.
+    """
 
     always_accept = ("_NL",)
 
     def __init__(self) -> None:
-        self.open: list[Token] = []   # brackets open at the last token handed to the parser
+        self._local = threading.local()
+
+    @property
+    def open(self) -> list[Token]:
+        """The brackets open at the last token this thread's parse handed to the parser."""
+        return getattr(self._local, "open", [])
 
     def process(self, stream):
-        stack = self.open = []
+        stack = self._local.open = []
         for tok in stream:
             if tok.value in _OPEN:
                 stack.append(tok)

@@ -33,3 +33,7 @@ class Source:
     def line(self, number: int) -> str:
         lines = self.text.splitlines()
         return lines[number - 1] if 0 < number <= len(lines) else ""
+
+
+WHOLE_FILE = Span(0, 0, 0, 0)
+"""The span of a message about the file as a whole (a missing `horizon` line): no line, no caret."""

@@ -32,11 +32,17 @@ mu of the forward solution)
     dG_t = lam_t z^_t' + lam^_t z_t'         dh_t = -lam^_t
     dE_t = nu_t z^_t' + nu^_t z_t'           de_t = -nu^_t.
 
-The returned cost is computed from (x, u) outside the autograd Function, so autograd adds its
-explicit dependence on C, c, CT, cT to the implicit one. Gradients exist where the solution is
-strictly complementary. Elements that are not SOLVED or
-MAX_ITERS (infeasible, not convex, numerical failure) get zero gradients; `status` reports them.
-The returned duals are not differentiable.
+The cost J(x, u) is an output of the same Function: its incoming gradient g adds g dJ/dz_t =
+g (C_t z_t + c_t) and g dJ/dx_T to the adjoint's linear data, and the explicit terms
+dC_t += g/2 z_t z_t', dc_t += g z_t, dCT += g/2 x_T x_T', dcT += g x_T. Gradients exist where the
+solution is strictly complementary; MAX_ITERS elements get those of their last iterate.
+
+Failed elements (INFEASIBLE, NOT_CONVEX, NUMERICAL) have NaN x, u, cost and duals, as in
+`runtime.lqr`: their input gradients are NaN if the loss reads any of their outputs (a nonzero
+incoming gradient) and exactly zero if it does not, so a loss masked with
+`torch.where(sol.status == Status.SOLVED, sol.cost, 0)` or `sol.cost[ok]` keeps the other
+elements' gradients, and those of shared parameters, intact. An element whose x, u or cost is not
+finite is never SOLVED (it becomes NUMERICAL). The returned duals are not differentiable.
 """
 from typing import NamedTuple
 
@@ -80,13 +86,12 @@ def qp(x0: Tensor, C: Tensor, c: Tensor, F: Tensor, f: Tensor, CT: Tensor, cT: T
        options: QPOptions = QPOptions()) -> QPSolution:
     """Solve the batched QP of the module docstring; x, u and cost are differentiable in all data."""
     prob = _problem(x0, C, c, F, f, CT, cT, G, h, E, e)
-    x, u, lam, nu, mu, status, iterations, primal, dual, gap = _QPFunction.apply(options, *prob)
-    cost = objective(prob._replace(C=_sym(prob.C), CT=_sym(prob.CT)), x, u)
+    x, u, cost, lam, nu, mu, status, iterations, primal, dual, gap = _QPFunction.apply(options, *prob)
     return QPSolution(x, u, cost, status, iterations, QPResiduals(primal, dual, gap), QPDuals(lam, nu, mu))
 
 
 class _QPFunction(torch.autograd.Function):
-    """(options, x0, C, c, F, f, CT, cT, G, h, E, e) -> (x, u, lam, nu, mu, status, iters, residuals)."""
+    """(options, x0, C, c, F, f, CT, cT, G, h, E, e) -> (x, u, cost, lam, nu, mu, status, iters, residuals)."""
 
     @staticmethod
     def forward(ctx, options: QPOptions, *data: Tensor):
@@ -94,23 +99,58 @@ class _QPFunction(torch.autograd.Function):
         prob = prob._replace(C=_sym(prob.C), CT=_sym(prob.CT))
         result = interior_point(prob, options)
         it = result.iterate
-        ctx.save_for_backward(*prob, *it, result.status)
+        cost = objective(prob, it.x, it.u)
+        finite = torch.isfinite(cost) & torch.isfinite(it.x).flatten(1).all(1) & torch.isfinite(it.u).flatten(1).all(1)
+        status = torch.where(finite | _failed(result.status), result.status,
+                             torch.full_like(result.status, int(Status.NUMERICAL)))
+        failed = _failed(status)
+        ctx.save_for_backward(*prob, *it, status)
         ctx.tol, ctx.max_sweeps = options.resolved_tol(prob.C.dtype), options.max_sweeps
-        outputs = (it.x, it.u, it.lam, it.nu, it.mu, result.status, result.iterations,
-                   result.primal, result.dual, result.gap)
-        ctx.mark_non_differentiable(*outputs[2:])
+        x, u, cost, lam, nu, mu = (select(failed, torch.full_like(y, torch.nan), y)
+                                   for y in (it.x, it.u, cost, it.lam, it.nu, it.mu))
+        outputs = (x, u, cost, lam, nu, mu, status, result.iterations, result.primal, result.dual, result.gap)
+        ctx.mark_non_differentiable(*outputs[3:])
         return outputs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_x: Tensor, grad_u: Tensor, *_unused: Tensor):
+    def backward(ctx, grad_x: Tensor, grad_u: Tensor, grad_cost: Tensor, *_unused: Tensor):
         *data, x, u, s, lam, mu, nu, status = ctx.saved_tensors
         prob = QPProblem(*data)
+        failed = _failed(status)
+        read = (grad_x != 0).flatten(1).any(1) | (grad_u != 0).flatten(1).any(1) | (grad_cost != 0)
+        grad_x, grad_u, grad_cost = (select(failed, torch.zeros_like(g), g) for g in (grad_x, grad_u, grad_cost))
+        x, u, lam, mu, nu = (select(failed, torch.zeros_like(y), y) for y in (x, u, lam, mu, nu))
+        grad_x, grad_u = _with_cost_gradient(prob, x, u, grad_x, grad_u, grad_cost)
         act = active_set(prob, Iterate(x, u, s, lam, mu, nu), penalty(prob))
         grads = _adjoint_gradients(act, x, u, lam, mu, nu, grad_x, grad_u, ctx.tol, ctx.max_sweeps)
-        usable = (status == Status.SOLVED) | (status == Status.MAX_ITERS)
-        grads = [select(usable, g, torch.zeros_like(g)) for g in grads]
+        grads = _add_explicit_cost_terms(grads, x, u, grad_cost)
+        fill = torch.where(read, torch.nan, 0.0).to(x.dtype)
+        grads = [select(failed, fill.view(-1, *([1] * (g.dim() - 1))).expand_as(g), g) for g in grads]
         return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
+
+
+def _failed(status: Tensor) -> Tensor:
+    """(B,) bool: elements with no solution (not SOLVED and not MAX_ITERS)."""
+    return (status != Status.SOLVED) & (status != Status.MAX_ITERS)
+
+
+def _with_cost_gradient(prob: QPProblem, x: Tensor, u: Tensor, grad_x: Tensor, grad_u: Tensor,
+                        grad_cost: Tensor) -> tuple[Tensor, Tensor]:
+    """Incoming gradients on x, u plus grad_cost * dJ/d(x, u) (C symmetric): the adjoint's linear data."""
+    n = x.shape[-1]
+    g = grad_cost[:, None, None]
+    dz = g * ((prob.C @ stage_z(x, u).unsqueeze(-1)).squeeze(-1) + prob.c)               # (B, T, N)
+    dxT = grad_cost[:, None] * ((prob.CT @ x[:, -1].unsqueeze(-1)).squeeze(-1) + prob.cT)  # (B, n)
+    return grad_x + torch.cat([dz[..., :n], dxT.unsqueeze(1)], dim=1), grad_u + dz[..., n:]
+
+
+def _add_explicit_cost_terms(grads: list[Tensor], x: Tensor, u: Tensor, grad_cost: Tensor) -> list[Tensor]:
+    """The cost's explicit dependence on C, c, CT, cT at fixed (x, u) (module docstring)."""
+    z, xT, g = stage_z(x, u), x[:, -1], grad_cost[:, None]
+    dx0, dC, dc, dF, df, dCT, dcT, *rest = grads
+    return [dx0, dC + 0.5 * g[..., None, None] * _outer(z, z), dc + g[..., None] * z, dF, df,
+            dCT + 0.5 * g[..., None] * _outer(xT, xT), dcT + g * xT, *rest]
 
 
 def _adjoint_gradients(act: ActiveSet, x: Tensor, u: Tensor, lam: Tensor, mu: Tensor, nu: Tensor,

@@ -2,23 +2,34 @@
 
 Learnables are `nn.Parameter`s in an unconstrained parametrization: `positive` values are
 softplus(raw) + tiny > 0 and `psd` matrices are L L' with L = tril(raw), so any optimizer step keeps
-them valid. Params and defaults are buffers. `module(**values)` binds states' initial values,
-inputs and params by name (a leading batch dimension is allowed), and returns a `Solution`.
+them valid. They live in the compile dtype (`module.dtype`; `module.to(torch.float64)` moves them).
+Params' and other declarations' defaults are float64 buffers, the plan's literal values at full
+precision. `module(**values)` binds states' initial values, inputs and params by name (a leading
+batch dimension is allowed) and returns a `Solution`; the floating-point tensors passed in decide
+the dtype of the solve (default: the learnables' dtype), and every value is cast to it when bound.
+
+A solve never raises on a plan's numbers: an exception inside the solver (e.g. a failed
+factorisation or an allocation) makes every element `numerical` (with a `RuntimeWarning`), and an
+element reported `solved` with a non-finite x, u or cost becomes `numerical`.
 """
 from __future__ import annotations
 
+import warnings
 
 import networkx as nx
 import torch
 from torch import nn
 
+from compiler import quadform as qf
 from compiler.context import PlanInfo, VarInfo
 from compiler.defaults import default_value
+from compiler.evaluate import evaluate
 from compiler.ir import VarRef
 from compiler.layout import Layout
 from compiler.solution import Solution
 from planlang.ast import VarKind
 from planlang.errors import did_you_mean
+from runtime.status import Status
 
 _BINDABLE = (VarKind.STATE, VarKind.INPUT, VarKind.PARAM)
 
@@ -31,6 +42,7 @@ def inverse_softplus(v: torch.Tensor) -> torch.Tensor:
 class PlanModule(nn.Module):
     def __init__(self, graph: nx.DiGraph, dtype: torch.dtype = torch.float32):
         super().__init__()
+        self.dtype = dtype                 # of the learnables, and of a solve given no float tensors
         self.graph = graph
         self.info: PlanInfo = graph.graph["plan_info"]
         self.layout = Layout.of(self.info)
@@ -44,7 +56,7 @@ class PlanModule(nn.Module):
                 self.learnables[var.ref.name] = nn.Parameter(self._raw(var, value).to(dtype))
             elif value is not None and var.ref.kind is not VarKind.CONTROL:
                 buffer = f"default_{var.ref.kind.value}_{var.ref.name}"
-                self.register_buffer(buffer, value.to(dtype))
+                self.register_buffer(buffer, value.to(torch.float64))
                 self._defaults[var.ref.name] = buffer
         self.backend = graph.graph["lowered"]
 
@@ -65,8 +77,8 @@ class PlanModule(nn.Module):
         return value
 
     def learned(self, name: str) -> torch.Tensor:
-        """The constrained value of learnable `name` (softplus / L L' applied)."""
-        var = self.info.variables[name]
+        """The constrained value of learnable `name` (softplus / L L' applied), in the learnables' dtype."""
+        var = self._learnable(name)
         raw = self.learnables[name]
         if var.positive:        # + tiny: softplus underflows to 0 for very negative raw values
             return nn.functional.softplus(raw) + torch.finfo(raw.dtype).tiny
@@ -77,6 +89,30 @@ class PlanModule(nn.Module):
 
     def learned_values(self) -> dict[str, torch.Tensor]:
         return {name: self.learned(name) for name in self.learnables}
+
+    def set_learned(self, name: str, value) -> None:
+        """Set learnable `name` to the constrained `value` (shape as declared; > 0 for `positive`,
+        symmetric positive definite for `psd`); the raw parameter keeps its dtype and device."""
+        var = self._learnable(name)
+        raw = self.learnables[name]
+        value = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+        if tuple(value.shape) != var.shape:
+            raise ValueError(f"{self.plan_name}: learnable '{name}' has shape {var.shape}, got {tuple(value.shape)}")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{self.plan_name}: learnable '{name}' must be finite")
+        if var.positive and not bool((value > 0).all()):
+            raise ValueError(f"{self.plan_name}: learnable '{name}' is `positive`; got a value <= 0")
+        if var.psd and not bool((torch.linalg.eigvalsh(0.5 * (value + value.T)) > 0).all()):
+            raise ValueError(f"{self.plan_name}: learnable '{name}' is `psd`; got a matrix that is not positive definite")
+        with torch.no_grad():
+            raw.copy_(self._raw(var, value).to(dtype=raw.dtype, device=raw.device))
+
+    def _learnable(self, name: str) -> VarInfo:
+        if name not in self.learnables:
+            hint = did_you_mean(name, self.learnables)
+            raise KeyError(f"{self.plan_name}: no learnable named '{name}'" + (f"; {hint}" if hint else "")
+                           + f" (learnables: {', '.join(self.learnables) or 'none'})")
+        return self.info.variables[name]
 
     def inputs(self) -> dict[str, VarInfo]:
         """What `forward` accepts: initial states, inputs and params, by name."""
@@ -103,6 +139,7 @@ class PlanModule(nn.Module):
         like = self._witness(values) if like is None else like
         env: dict[VarRef, torch.Tensor] = {}
         states = []
+        batches: dict[str, int] = {}
         for name, var in self.info.variables.items():
             if var.ref.kind is VarKind.CONTROL or (var.ref.kind is VarKind.STATE and not initial_states):
                 continue
@@ -110,26 +147,33 @@ class PlanModule(nn.Module):
                 value = self.learned(name).to(dtype=like.dtype, device=like.device).unsqueeze(0)
             else:
                 value = self._batched(var, values.get(name), like)
+                batches[name] = value.shape[0]
             if var.ref.kind is VarKind.STATE:
                 states.append(value.reshape(value.shape[0], -1))
             else:
                 env[var.ref] = value
-        batch = {v.shape[0] for v in list(env.values()) + states} - {1}
-        if len(batch) > 1:
-            raise ValueError(f"{self.plan_name}: inconsistent batch sizes {sorted(batch)}")
-        size = batch.pop() if batch else 1
+        size = self._batch_size(batches)
         x0 = torch.cat([s.expand(size, -1) for s in states], dim=1) if states else None
         for name, callee in self.info.blocks.items():
             env[callee.ref] = self.blocks[name]
         return env, x0, like
 
+    def _batch_size(self, batches: dict[str, int]) -> int:
+        """The common batch size B of the bound values (each B or 1), naming the ones that disagree."""
+        sizes = {b for b in batches.values() if b != 1}
+        if len(sizes) > 1:
+            detail = ", ".join(f"'{name}' {b}" for name, b in batches.items() if b != 1)
+            raise ValueError(f"{self.plan_name}: inconsistent batch sizes: {detail} "
+                             "(each value has batch size B or 1, or no batch dimension)")
+        return sizes.pop() if sizes else 1
+
     def _witness(self, values: dict) -> torch.Tensor:
         for value in values.values():
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 return torch.zeros((), dtype=value.dtype, device=value.device)
-        ref = next(iter(self.parameters()), None)
-        ref = next(iter(self.buffers()), None) if ref is None else ref
-        return torch.zeros((), dtype=ref.dtype if ref is not None else torch.float32,
+        learnable = next(iter(self.parameters()), None)
+        ref = next(iter(self.buffers()), None) if learnable is None else learnable
+        return torch.zeros((), dtype=self.dtype if learnable is None else learnable.dtype,
                            device=ref.device if ref is not None else "cpu")
 
     def _batched(self, var: VarInfo, value, like: torch.Tensor) -> torch.Tensor:
@@ -138,11 +182,16 @@ class PlanModule(nn.Module):
             value = self.default(name)
             if value is None:
                 raise TypeError(f"{self.plan_name}: {var.ref.kind.value} '{name}' has no default; pass {name}=...")
-        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        value = torch.as_tensor(value)
+        if value.dtype is torch.bool or value.is_complex():
+            raise TypeError(f"{self.plan_name}: '{name}' is a {value.dtype} tensor; pass real numbers")
+        value = value.to(dtype=like.dtype, device=like.device)
         shape = var.shape
         if tuple(value.shape) == shape:
             return value.unsqueeze(0)
         if value.dim() == len(shape) + 1 and tuple(value.shape[1:]) == shape:
+            if value.shape[0] == 0:
+                raise ValueError(f"{self.plan_name}: empty batch: '{name}' has batch size 0")
             return value
         want = f"({', '.join(map(str, shape))})" if shape else "a scalar"
         raise ValueError(f"{self.plan_name}: '{name}' has shape {tuple(value.shape)}; expected {want} "
@@ -150,27 +199,88 @@ class PlanModule(nn.Module):
 
     # ------------------------------------------------------------------ solving
     def forward(self, warm_start: torch.Tensor | None = None, **values) -> Solution:
-        """Solve from the bound values; `warm_start` (B, T, m) seeds iterative solvers' controls."""
+        """Solve from the bound values; `warm_start` (T, m) or (B, T, m) seeds iterative solvers' controls."""
         env, x0, like = self.bind(values)
         if warm_start is not None:
-            warm_start = warm_start.to(dtype=like.dtype, device=like.device).expand(x0.shape[0], -1, -1)
-        sol = self.backend(env, x0, like, warm_start)
+            warm_start = self._warm_start(warm_start, x0.shape[0], like)
+        return self._solve(env, x0, like, warm_start)
+
+    def _solve(self, env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution:
+        """The backend's solve, with failures as statuses (module docstring)."""
+        try:
+            sol = self.backend(env, x0, like, warm)
+        except (RuntimeError, ArithmeticError) as err:
+            warnings.warn(f"{self.plan_name}: solve {self.solver} failed ({type(err).__name__}: {err}); "
+                          "every batch element gets status 'numerical'", RuntimeWarning, stacklevel=3)
+            B, T, n, m = x0.shape[0], self.horizon, self.layout.n, self.layout.m
+            failed = torch.full((B,), int(Status.NUMERICAL), dtype=torch.int64, device=like.device)
+            sol = Solution(like.new_full((B, T + 1, n), torch.nan), like.new_full((B, T, m), torch.nan),
+                           like.new_full((B,), torch.nan), failed, self.solver)
+        finite = torch.isfinite(sol.cost) & torch.isfinite(sol.x).flatten(1).all(1) & \
+            torch.isfinite(sol.u).flatten(1).all(1)
+        sol.status = torch.where((sol.status == Status.SOLVED) & ~finite, int(Status.NUMERICAL), sol.status)
         sol.layout = self._solution_layout()
         return sol
 
+    def _warm_start(self, warm: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+        want = (self.horizon, self.layout.m)
+        warm = torch.as_tensor(warm)
+        if tuple(warm.shape[-2:]) != want or warm.dim() not in (2, 3) or \
+                (warm.dim() == 3 and warm.shape[0] not in (1, batch)):
+            raise ValueError(f"{self.plan_name}: warm_start has shape {tuple(warm.shape)}; expected (T, m) = {want} "
+                             f"or (B, T, m) = ({batch}, {want[0]}, {want[1]}) (horizon T={self.horizon}, "
+                             f"m={self.layout.m} controls)")
+        return warm.to(dtype=like.dtype, device=like.device).expand(batch, -1, -1)
+
     def step(self, x: torch.Tensor, u: torch.Tensor, **values) -> torch.Tensor:
-        """One step of the plan's dynamics: x (B, n), u (B, m) -> x' (B, n) (values bind params/inputs)."""
-        like = torch.zeros((), dtype=x.dtype, device=x.device) if x.is_floating_point() else None
+        """One step of the plan's dynamics: x (B, n), u (B, m) -> x' (B, n) (values bind params/inputs).
+
+        (n,) and (m,) are taken as a batch of one. The control is first clipped to the plan's
+        control bounds (`control u in [lo, hi]`), as the true system would saturate it.
+        """
+        like = torch.zeros((), dtype=x.dtype, device=x.device) if torch.is_tensor(x) and x.is_floating_point() else None
         env, _, like = self.bind(values, initial_states=False, like=like)
-        return self.backend.step(env, x.to(like.dtype), u.to(like.dtype), like)
+        x, u = self._stacked(x, self.layout.n, "x", "states", like), self._stacked(u, self.layout.m, "u", "controls", like)
+        if x.shape[0] != u.shape[0] and 1 not in (x.shape[0], u.shape[0]):
+            raise ValueError(f"{self.plan_name}: step got batch sizes {x.shape[0]} (x) and {u.shape[0]} (u)")
+        batch = max(x.shape[0], u.shape[0])
+        return self.backend.step(env, x.expand(batch, -1), self._saturated(env, u.expand(batch, -1), like), like)
+
+    def _stacked(self, value, size: int, what: str, words: str, like: torch.Tensor) -> torch.Tensor:
+        value = torch.as_tensor(value)
+        if value.dtype is torch.bool or value.is_complex():
+            raise TypeError(f"{self.plan_name}: step: {what} is a {value.dtype} tensor; pass real numbers")
+        value = value.to(dtype=like.dtype, device=like.device)
+        if value.dim() == 1:
+            value = value.unsqueeze(0)
+        if value.dim() != 2 or value.shape[1] != size or value.shape[0] == 0:
+            raise ValueError(f"{self.plan_name}: step: {what} has shape {tuple(value.shape)}; expected (B, {size}) "
+                             f"with the plan's {size} {words} stacked")
+        return value
+
+    def _saturated(self, env, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """u (B, m) clipped to this plan's control bounds (b, m) (+-inf where a control has none)."""
+        controls = self.layout.controls
+        if all(v.lower is None for v in controls):
+            return u
+        lows, highs = [], []
+        for var in controls:
+            for bound, fill, out in ((var.lower, -torch.inf, lows), (var.upper, torch.inf, highs)):
+                if bound is None:
+                    out.append(like.new_full((1, var.size), fill))
+                else:
+                    value = qf.pad_rank(evaluate(bound, env, like), 1)
+                    out.append(value.expand(value.shape[0], var.size))
+        lower, upper = (torch.cat([p.expand(u.shape[0], -1) for p in parts], dim=1) for parts in (lows, highs))
+        return torch.minimum(torch.maximum(u, lower), upper)
 
     def simulate(self, steps: int, system: "PlanModule | None" = None, **values) -> Solution:
         """Closed-loop receding-horizon MPC for `steps` steps.
 
         At each step the plan is solved from the current state (iterative solvers warm-started
-        with the previous controls shifted by one stage), its first control is applied, and the
-        true system advances: the plan's own dynamics, or `system`, another compiled plan with
-        the same states and controls (e.g. other masses). Returns a `Solution` of the executed
+        with the previous controls shifted by one stage), its first control is applied (clipped to
+        the true system's control bounds), and the true system advances: the plan's own dynamics,
+        or `system`, another compiled plan with the same states and controls (e.g. other masses). Returns a `Solution` of the executed
         trajectory: x (B, steps+1, n), u (B, steps, m), the realized cost (stage costs along the
         way plus the final cost), status (B,) the worst status over all solves, `step_status`
         (B, steps) and iterations summed over the solves.
@@ -181,15 +291,15 @@ class PlanModule(nn.Module):
             raise ValueError(f"system '{system.plan_name}' has n={system.layout.n}, m={system.layout.m}; "
                              f"the plan has n={self.layout.n}, m={self.layout.m}")
         env, x, like = self.bind(values)
-        true_env = env if system is None else system.bind({}, initial_states=False, like=like)[0]
-        true_backend = self.backend if system is None else system.backend
+        system = self if system is None else system
+        true_env = env if system is self else system.bind({}, initial_states=False, like=like)[0]
         xs, us, statuses, iterations, warm = [x], [], [], 0, None
         cost = like.new_zeros(x.shape[0])
         for _ in range(steps):
-            sol = self.backend(env, x, like, warm)
-            u = sol.u[:, 0]
+            sol = self._solve(env, x, like, warm)
+            u = system._saturated(true_env, sol.u[:, 0], like)
             cost = cost + self.backend.stage_cost(env, x, u, like)
-            x = true_backend.step(true_env, x, u, like)
+            x = system.backend.step(true_env, x, u, like)
             warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], dim=1).detach()
             xs.append(x)
             us.append(u)

@@ -13,10 +13,10 @@ from planlang import ast
 from planlang.errors import Collector, did_you_mean
 from planlang.declarations import declaration_of
 from planlang.graph import BUILTIN_NAMES, NAMED_KINDS, NodeKind
-from planlang.source import Span
+from planlang.source import WHOLE_FILE
 
 NAME = "resolve"
-_ORIGIN = Span(1, 1, 1, 1)
+_ORIGIN = WHOLE_FILE              # a missing declaration has no line to point at
 
 
 def run(graph: nx.DiGraph) -> PassResult:
@@ -91,9 +91,9 @@ def _check_time_rules(data, kinds, errors: Collector) -> None:
 def _check_structure(graph: nx.DiGraph, declared: dict, errors: Collector) -> None:
     kinds = [d["kind"] for _, d in graph.nodes(data=True)]
     if NodeKind.HORIZON not in kinds:
-        errors.add(_ORIGIN, "the plan has no `horizon`", "add a line such as `horizon 30`")
+        errors.add(_ORIGIN, "the file has no `horizon` line", "add a line such as `horizon 30`")
     if NodeKind.SOLVE not in kinds:
-        errors.add(_ORIGIN, "the plan has no `solve` line", "add e.g. `solve lqr`, `solve qp` or `solve ilqr(iters=50)`")
+        errors.add(_ORIGIN, "the file has no `solve` line", "add e.g. `solve lqr`, `solve qp` or `solve ilqr(iters=50)`")
     if NodeKind.STATE not in kinds:
         errors.add(_ORIGIN, "the plan declares no state", "add e.g. `state x[2] = [0, 0]`")
     if NodeKind.CONTROL not in kinds:

@@ -4,6 +4,17 @@ Builds the typed IR (`compiler.ir.Expr`) of each declaration with static shapes 
 broadcasting; `@` as in NumPy for vectors and matrices), and checks: defaults broadcast to
 their declared shapes, `x' = e` has the shape of x, costs are scalars, constraint sides
 broadcast. Results: node attribute `ir` (and `sense` for constraints) and `graph.graph['plan_info']`.
+
+Range checks (each a located error): every number and every folded constant is finite; sizes,
+indices and the horizon are integers in range; and three limits keep a plan from exhausting
+memory before it is solved:
+
+- `MAX_ELEMENTS`: a declared tensor, a constant or any expression holds at most 10^7 numbers
+  (80 MB in float64);
+- `MAX_HORIZON`: at most 10^6 stages (the solvers loop over stages in Python);
+- `MAX_STAGE_DATA`: horizon * (n + m)^2 <= 10^8, where n and m count the state and control
+  numbers: the stage Hessians C (B, T, n+m, n+m) alone take 800 MB per batch element in
+  float64 at that size, and the solvers hold several tensors of that size (`solve qp` about ten).
 """
 from __future__ import annotations
 
@@ -27,6 +38,9 @@ from planlang.graph import NodeKind
 
 NAME = "shapes"
 _F64 = torch.zeros((), dtype=torch.float64)
+MAX_ELEMENTS = 10**7
+MAX_HORIZON = 10**6
+MAX_STAGE_DATA = 10**8
 _BINARY = {ast.BinOp.ADD: Op.ADD, ast.BinOp.SUB: Op.SUB, ast.BinOp.MUL: Op.MUL, ast.BinOp.DIV: Op.DIV,
            ast.BinOp.POW: Op.POW, ast.BinOp.MATMUL: Op.MATMUL}
 
@@ -66,6 +80,8 @@ def run(graph: nx.DiGraph) -> PassResult:
                 info.variables[data["name"]] = typer.variable(node, data["decl"])
             except Located as err:
                 errors.add(err.span, err.message, err.hint)
+    errors.raise_if_any()
+    _check_stage_data(graph, info, errors)
     errors.raise_if_any()
 
     for _, data in graph.nodes(data=True):
@@ -195,6 +211,24 @@ def _check_one_integrator(graph: nx.DiGraph, errors: Collector) -> None:
                                   f"the first is {describe(first)}", "use one integrator and step for every state")
 
 
+def _check_stage_data(graph: nx.DiGraph, info: PlanInfo, errors: Collector) -> None:
+    """horizon * (n + m)^2 <= MAX_STAGE_DATA (see the module docstring)."""
+    width = sum(v.size for v in info.variables.values() if v.ref.is_decision)
+    if info.horizon * width ** 2 > MAX_STAGE_DATA:
+        errors.add(graph.nodes["horizon"]["decl"].value.span,
+                   f"horizon {info.horizon} with {width} states and controls is too large: horizon * (n + m)^2 = "
+                   f"{info.horizon * width ** 2:.3g} exceeds the limit {MAX_STAGE_DATA:.0e}",
+                   "the solvers keep (n + m) x (n + m) matrices for every stage; shorten the horizon")
+
+
+def _whole(value: torch.Tensor) -> int | None:
+    """The value of a one-element tensor if it is a finite integer, else None."""
+    if value.numel() != 1:
+        return None
+    v = value.item()
+    return int(v) if math.isfinite(v) and v == int(v) else None
+
+
 def _const_order(graph: nx.DiGraph) -> list[str]:
     consts = [n for n, d in graph.nodes(data=True) if d["kind"] is NodeKind.CONST]
     return [n for n in nx.topological_sort(graph.subgraph(consts))]
@@ -202,10 +236,13 @@ def _const_order(graph: nx.DiGraph) -> list[str]:
 
 def _horizon(graph: nx.DiGraph, typer: "Typer") -> int:
     decl = graph.nodes["horizon"]["decl"]
-    value = typer.const_value(decl.value)
-    if value.numel() != 1 or value.item() != int(value.item()) or value.item() < 1:
+    value = _whole(typer.const_value(decl.value))
+    if value is None or value < 1:
         raise Located(decl.value.span, "the horizon must be a positive integer", "e.g. `horizon 30`")
-    return int(value.item())
+    if value > MAX_HORIZON:
+        raise Located(decl.value.span, f"the horizon {value} exceeds the limit {MAX_HORIZON:.0e}",
+                       "the solvers loop over stages; shorten the horizon or coarsen the time step")
+    return value
 
 
 class Typer:
@@ -252,15 +289,20 @@ class Typer:
             value = size.value
         else:
             const = self.info.consts.get(size.value)
-            if const is None or const.numel() != 1 or const.item() != int(const.item()):
+            value = None if const is None else _whole(const)
+            if value is None:
                 raise Located(size.span, f"size '{size.value}' must be an integer const")
-            value = int(const.item())
         if value < 1:
             raise Located(size.span, "sizes must be positive")
+        if value > MAX_ELEMENTS:
+            raise Located(size.span, f"size {value} exceeds the limit of {MAX_ELEMENTS:.0e} elements")
         return value
 
     def variable(self, node: str, decl: ast.VarDecl) -> VarInfo:
         shape = tuple(self.size(s) for s in decl.shape)
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise Located(decl.span, f"{decl.kind.value} '{decl.name}' has {math.prod(shape):.3g} elements, "
+                                      f"more than the limit {MAX_ELEMENTS:.0e}")
         ref = VarRef(decl.kind, decl.name)
         if decl.kind in (ast.VarKind.STATE, ast.VarKind.CONTROL) and len(shape) > 1:
             raise Located(decl.span, f"{decl.kind.value} '{decl.name}' must be a scalar or a vector, got {format_shape(shape)}",
@@ -340,16 +382,21 @@ class Typer:
     # ------------------------------------------------------------ expressions
     def expr(self, e: ast.Expr) -> Expr:
         typed = self._expr(e)
+        if math.prod(typed.shape) > MAX_ELEMENTS:
+            raise Located(e.span, f"this expression has shape {format_shape(typed.shape)}, more elements than the "
+                                   f"limit {MAX_ELEMENTS:.0e}")
         if typed.op is not Op.CONST and all(a.op is Op.CONST for a in typed.args) and typed.op is not Op.VAR:
             try:
                 value = evaluate(typed, {}, _F64)
             except (ValueError, RuntimeError) as err:
                 raise Located(e.span, f"cannot evaluate constant expression: {err}") from None
-            return Expr(Op.CONST, (), typed.shape, e.span, value[0])
+            return Expr(Op.CONST, (), typed.shape, e.span, _finite(value[0], e.span))
         return typed
 
     def _expr(self, e) -> Expr:
         if isinstance(e, ast.Number):
+            if not math.isfinite(e.value):
+                raise Located(e.span, "number out of range: it overflows float64 (largest about 1.8e308)")
             return Expr(Op.CONST, (), (), e.span, torch.tensor(e.value, dtype=torch.float64))
         if isinstance(e, ast.Name):
             return self._name(e)
@@ -405,10 +452,13 @@ class Typer:
         if fn.fold is not None:
             sizes = []
             for arg, src in zip(args, e.args):
-                if arg.op is not Op.CONST or arg.attr.numel() != 1 or arg.attr.item() != int(arg.attr.item()) \
-                        or arg.attr.item() < 1:
+                size = _whole(arg.attr) if arg.op is Op.CONST else None
+                if size is None or size < 1:
                     raise Located(src.span, f"{e.func}() takes positive integer constants")
-                sizes.append(int(arg.attr.item()))
+                sizes.append(size)
+            count = math.prod(sizes) * (sizes[0] if e.func == "eye" else 1)
+            if count > MAX_ELEMENTS:
+                raise Located(e.span, f"{e.func}() would make more elements than the limit {MAX_ELEMENTS:.0e}")
             value = fn.fold(*sizes)
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         try:
@@ -444,10 +494,19 @@ class Typer:
         if e is None:
             return default
         value = self.expr(e)
-        if value.op is not Op.CONST or value.attr.numel() != 1 or value.attr.item() != int(value.attr.item()):
+        i = _whole(value.attr) if value.op is Op.CONST else None
+        if i is None:
             raise Located(e.span, "indices must be integer constants")
-        i = int(value.attr.item())
         return i + size if i < 0 else i
+
+
+def _finite(value: torch.Tensor, span) -> torch.Tensor:
+    """A folded constant, which must be finite (1/0, log(0), exp(1000) are errors, not values)."""
+    if not bool(torch.isfinite(value).all()):
+        bad = value[~torch.isfinite(value)].flatten()[0].item()
+        raise Located(span, f"this constant expression evaluates to {bad} (not a finite number)",
+                       "a plan's constants, defaults and bounds must be finite")
+    return value
 
 
 def _matmul_shape(e: ast.Binary, a: Shape, b: Shape) -> Shape:

@@ -7,6 +7,7 @@ a solver is one new module and one line there.
 """
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import networkx as nx
@@ -148,6 +149,10 @@ def _convexity_problems(graph: nx.DiGraph, info: PlanInfo) -> list[Problem]:
         found = nonconvex_term(data["ir"], env, nz, like, block)
         if found is not None:
             term, eig = found
+            if math.isnan(eig):
+                out.append((term.span, "cost's Hessian at the default values is not finite (or too "
+                                       "ill-conditioned to check its convexity)", "scale the weights down"))
+                continue
             out.append((term.span, f"cost is not convex: its Hessian has eigenvalue {eig:.3g} < 0",
                         "weights of squares must be nonnegative (mark learnables `positive`)"))
     return out

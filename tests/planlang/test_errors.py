@@ -21,7 +21,7 @@ import pytest
 import planlang
 from planlang import PlanError
 from planlang.errors import Collector, Diagnostic, did_you_mean
-from planlang.source import Source, Span
+from planlang.source import WHOLE_FILE, Source, Span
 
 FIXTURES = Path(__file__).with_name("fixtures") / "errors"
 ERROR_FILES = sorted(FIXTURES.glob("*.plan"))
@@ -107,6 +107,13 @@ def check_rendering(err: PlanError, lines: list[str]) -> None:
     chunks = rendered.split("\n")
     i = 0
     for d in err.diagnostics:
+        if d.span == WHOLE_FILE:            # about the file as a whole: no position, line or caret
+            assert chunks[i] == f"{err.source.filename}: error: {d.message}"
+            i += 1
+            if d.hint:
+                assert chunks[i] == f"    hint: {d.hint}"
+                i += 1
+            continue
         assert chunks[i] == f"{err.source.filename}:{d.span.line}:{d.span.col}: error: {d.message}"
         i += 1
         source_line = lines[d.span.line - 1]
@@ -151,13 +158,13 @@ def test_several_errors_render_in_order():
     path = FIXTURES / "several_errors.plan"
     with pytest.raises(PlanError) as info:
         planlang.compile(planlang.loads(path.read_text(), "several.plan"))
-    heads = [line for line in info.value.render().split("\n") if line.startswith("several.plan:")]
-    assert heads == ["several.plan:1:1: error: the plan has no `horizon`",
+    heads = [line for line in info.value.render().split("\n") if line.startswith("several.plan")]
+    assert heads == ["several.plan: error: the file has no `horizon` line",
                      "several.plan:13:1: error: state 'v' has no dynamics",
                      "several.plan:16:15: error: unknown name 'B'",
                      "several.plan:17:18: error: unknown name 'q'",
                      "several.plan:17:27: error: unknown name 'gaol'"]
-    assert info.value.span == Span(1, 1, 1, 1) and info.value.message == "the plan has no `horizon`"
+    assert info.value.span == WHOLE_FILE and info.value.message == "the file has no `horizon` line"
 
 
 def test_multiline_span_gets_a_single_caret():
