@@ -295,14 +295,15 @@ def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[Trai
     witness = next(iter(module.parameters()), None)
     if witness is None:
         raise ValueError(f"plan '{module.plan_name}' has no learnables: nothing to train")
+    if (config.checkpoint or resume) and plan is None:
+        raise ValueError("writing or resuming a checkpoint needs plan= (the plan's text is stored with the weights)")
+    state = read_checkpoint(resume, plan) if resume else None
     if isinstance(data, (str, Path)):
         demos = load_demos(data, dtype=witness.dtype)
         where = str(data)
     else:
         demos, where = {k: torch.as_tensor(v, dtype=witness.dtype) for k, v in data.items()}, "demonstrations"
     demos = {k: v.to(witness.device) for k, v in check_demos(module, demos, where).items()}
-    if (config.checkpoint or resume) and plan is None:
-        raise ValueError("writing or resuming a checkpoint needs plan= (the plan's text is stored with the weights)")
     if config.dagger_rounds and teacher is None:
         raise ValueError("DAgger (dagger_rounds > 0) needs a teacher plan")
     if config.dagger_rounds and resume:
@@ -311,8 +312,8 @@ def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[Trai
     if callbacks is None:
         callbacks = default_callbacks(config, checkpoint_extra(plan) if plan is not None else None)
     trainer = Trainer(module, loss, config, callbacks)
-    if resume:
-        trainer.load_state_dict(read_checkpoint(resume, plan))
+    if state is not None:
+        trainer.load_state_dict(state)
     train_set, validation = split(demos, config.validation, config.seed)
     if config.dagger_rounds:
         history, _ = fit_dagger(trainer, train_set, dagger_collector(teacher, config.dagger_steps),

@@ -29,16 +29,19 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 1 else "gloo"
 
 
-def launch(nproc: int, fn: Callable, *args, backend: str | None = None) -> None:
+def launch(nproc: int, fn: Callable, *args, backend: str | None = None, start_method: str = "spawn") -> None:
     """Run `fn(*args)` in `nproc` processes joined in one process group (see the module docstring).
 
     `fn` must be picklable (a module-level function). Results travel through files: rank 0 writes
     them. An exception in any process is raised here (torch's ProcessRaisedException).
+    `start_method="fork"` (CPU only) skips the children's imports of torch and planlang: much
+    faster to start, but unsafe once CUDA or torch's thread pools are initialized in the parent.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     port = free_port()
-    mp.spawn(_worker, args=(nproc, port, backend or default_backend(), fn, args), nprocs=nproc, join=True)
+    mp.start_processes(_worker, args=(nproc, port, backend or default_backend(), fn, args), nprocs=nproc,
+                       join=True, start_method=start_method)
 
 
 def _worker(rank: int, world: int, port: int, backend: str, fn: Callable, args: tuple) -> None:

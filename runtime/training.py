@@ -24,7 +24,8 @@ mean loss by |shard| W / |minibatch|, so DDP's gradient average is exactly the g
 global minibatch mean: W processes give the same weights as one (to rounding). A final minibatch
 smaller than W is skipped (by every process). Validation runs on the whole validation set in
 every process (identical results, so early-stopping decisions agree without communication);
-only rank 0 writes files and shows progress.
+only rank 0 writes files and shows progress. Every trainable parameter must take part in the
+loss (DDP's reducer waits for each one's gradient): freeze the others with `requires_grad_(False)`.
 """
 from __future__ import annotations
 
@@ -326,7 +327,7 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             device_ids = [params[0].device.index] if params[0].is_cuda else None
-            step = DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True)
+            step = DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=False)
         self._step = step
 
     @property
@@ -398,7 +399,7 @@ class Trainer:
         return {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "history": self.history, "config": self.config.to_dict(),
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
-                "callbacks": [cb.state_dict() for cb in self.callbacks]}
+                "callbacks": {name: cb.state_dict() for name, cb in self._named_callbacks()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.model.load_state_dict(state["state_dict"])
@@ -406,10 +407,20 @@ class Trainer:
         self.epoch, self.history = state["epoch"], list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
-        saved = state.get("callbacks", [])
-        if len(saved) == len(self.callbacks):
-            for cb, cb_state in zip(self.callbacks, saved):
-                cb.load_state_dict(cb_state)
+        saved = state.get("callbacks", {})
+        for name, cb in self._named_callbacks():
+            if name in saved:
+                cb.load_state_dict(saved[name])
+
+    def _named_callbacks(self) -> list[tuple[str, Callback]]:
+        """Callbacks keyed by class name (and position among those of the same class)."""
+        seen: dict[str, int] = {}
+        out = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            out.append((f"{name}{seen.get(name, '')}", cb))
+            seen[name] = seen.get(name, 0) + 1
+        return out
 
 
 def _accumulate(totals: dict[str, Tensor], values: Mapping[str, object], count: int) -> None:
