@@ -6,7 +6,7 @@ from random starts, global batch 512 (4 optimizer steps per epoch), no validatio
 torchrun (gloo, one torch thread per process); the figure is the median epoch time after the
 first epoch (the first pays one-time set-up), read from the run's JSON log.
 
-    PYTHONPATH=$PWD python benchmarks/train_ddp.py [--nproc 1 2] [--epochs 4] [--n 2048] [--batch 512]
+    PYTHONPATH=$PWD python benchmarks/train_ddp.py [--nproc 1 2 1 2] [--epochs 4] [--n 2048] [--batch 512]
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ checkpoint for another plan) propagate to `planlang.cli.main`, which renders the
 """
 from __future__ import annotations
 
-import argparse
 import ast as pyast
 import json
 import tempfile
