@@ -1,10 +1,11 @@
 """Data-parallel training speed-up: epoch time with 1 and N processes on the same global batch.
 
 Imitation learning of point_mass_2d.plan's weights through its LQR (float64): 2048 demonstrations
-from random starts, global batch 512 (4 optimizer steps per epoch), no validation. Each configuration runs
-`--epochs` epochs through `planlang train`'s job (`planlang.cli_train.train_job`), launched like
-torchrun (gloo, one torch thread per process); the figure is the median epoch time after the
-first epoch (the first pays one-time set-up), read from the run's JSON log.
+from random starts, global batch 512 (4 optimizer steps per epoch), no validation. Each run
+trains `--epochs` epochs through `planlang train`'s job (`planlang.cli_train.train_job`), launched
+like torchrun (gloo, one torch thread per process); its figure is the median epoch time after the
+first epoch (the first pays one-time set-up), read from the run's JSON log; a count repeated in
+`--nproc` is run again (interleaved) and its runs' median is reported.
 
     PYTHONPATH=$PWD python benchmarks/train_ddp.py [--nproc 1 2 1 2] [--epochs 4] [--n 2048] [--batch 512]
 """
@@ -52,13 +53,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_demos(tmp / "demos.npz", generate_demos(teacher, args.n, seed=0))
-        base = None
-        print(f"{'processes':>9}  {'epoch s':>8}  {'speed-up':>8}", flush=True)
-        for nproc in args.nproc:
+        runs: dict[int, list[float]] = {}
+        for nproc in args.nproc:            # repeat a count (--nproc 1 2 1 2) to interleave runs
             times = epoch_times(nproc, tmp / "demos.npz", tmp, args.epochs, args.batch)
-            epoch = statistics.median(times[1:] or times)
-            base = base or epoch
-            print(f"{nproc:>9}  {epoch:>8.3f}  {base / epoch:>8.2f}", flush=True)
+            runs.setdefault(nproc, []).append(statistics.median(times[1:] or times))
+            print(f"run: {nproc} process(es), epoch {runs[nproc][-1]:.3f} s", flush=True)
+        base = statistics.median(runs[min(runs)])
+        print(f"{'processes':>9}  {'epoch s':>8}  {'speed-up':>8}")
+        for nproc, epochs in sorted(runs.items()):
+            epoch = statistics.median(epochs)
+            print(f"{nproc:>9}  {epoch:>8.3f}  {base / epoch:>8.2f}")
 
 
 if __name__ == "__main__":
