@@ -12,7 +12,8 @@ plus its final cost) and τ̄ = (x̄, ū) the demonstration:
 - `Imitation`: L = mean_{b,t,i} (x - x̄)² + w · mean_{b,t,j} (u - ū)² with (x, u) the planner's
   solution, differentiated through the planner's own (implicit) backward.
 - `MaxMargin` (Ratliff, Bagnell & Zinkevich 2006), with the task loss
-  Δ(τ, τ̄) = margin · Σ_{t=0..T} ||x_t - x̄_t||²:
+  Δ(τ, τ̄) = margin · Σ_{t=0..T} ||x_t - x̄_t||² (or its bounded form with a `bandwidth` σ,
+  margin · Σ_t (1 - exp(-||x_t - x̄_t||² / σ²))):
       L = mean_b [ max_{τ ∈ C_b} ( J_θ(τ̄_b) - J_θ(τ) + Δ(τ, τ̄_b) ) ]_+
   over candidates C_b = {the loss-augmented plan argmin_τ J_θ(τ) - Δ(τ, τ̄_b)} ∪ {`samples`
   rollouts of its controls plus Gaussian noise of std `sample_noise`}. With the exact
@@ -93,10 +94,16 @@ class MaxMargin:
     margin: float = 1.0
     samples: int = 8
     sample_noise: float = 0.1
+    bandwidth: Optional[float] = None
 
     def task_loss(self, x: Tensor, x_demo: Tensor) -> Tensor:
-        """Δ(τ, τ̄) = margin · Σ_t ||x_t - x̄_t||²: (B,)."""
-        return self.margin * ((x - x_demo) ** 2).sum(dim=(-1, -2))
+        """Δ(τ, τ̄) (B,): margin · Σ_t ||x_t - x̄_t||², or with a `bandwidth` σ the bounded
+        margin · Σ_t (1 - exp(-||x_t - x̄_t||² / σ²)), which keeps the loss-augmented problem
+        bounded below whatever the margin."""
+        squared = ((x - x_demo) ** 2).sum(-1)
+        if self.bandwidth is not None:
+            squared = -torch.expm1(-squared / self.bandwidth ** 2)
+        return self.margin * squared.sum(-1)
 
     def candidates(self, planner: Planner, batch: Batch) -> tuple[Tensor, Tensor]:
         """(x (B, K+1, T+1, n), u (B, K+1, T, m)): the loss-augmented plan, then K noisy rollouts."""

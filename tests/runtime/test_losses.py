@@ -113,6 +113,16 @@ def test_augmented_plan_beats_the_plain_plan_on_the_augmented_objective(setting)
     assert bool((augmented < plain - 1e-6).all())
 
 
+def test_bounded_task_loss_is_bounded_and_quadratic_near_the_demo(setting):
+    _, demos = setting
+    x = demos["x"]
+    bounded, quadratic = MaxMargin(margin=2.0, bandwidth=0.5), MaxMargin(margin=2.0)
+    far = bounded.task_loss(x + 100.0, x)
+    torch.testing.assert_close(far, torch.full_like(far, 2.0 * x.shape[1]))
+    near = x + 1e-4
+    torch.testing.assert_close(bounded.task_loss(near, x) * 0.5 ** 2, quadratic.task_loss(near, x), rtol=1e-6, atol=0)
+
+
 def test_nll_gradient_for_fixed_negatives(setting):
     plan, demos = setting
     module = _learner(plan)
