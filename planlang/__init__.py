@@ -7,6 +7,7 @@
 from planlang.api import check, compile, load, loads
 from planlang.errors import PlanError, SolveError
 from planlang.plan import Plan
+from planlang.training import train
 
-__all__ = ["Plan", "PlanError", "SolveError", "check", "compile", "load", "loads"]
+__all__ = ["Plan", "PlanError", "SolveError", "check", "compile", "load", "loads", "train"]
 __version__ = "0.1.0"

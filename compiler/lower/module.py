@@ -274,6 +274,15 @@ class PlanModule(nn.Module):
         lower, upper = (torch.cat([p.expand(u.shape[0], -1) for p in parts], dim=1) for parts in (lows, highs))
         return torch.minimum(torch.maximum(u, lower), upper)
 
+    def trajectory_cost(self, x: torch.Tensor, u: torch.Tensor, **values) -> torch.Tensor:
+        """J(x, u) (B,) of a given trajectory x (B, T+1, n), u (B, T, m): the stage costs summed
+        over t < T plus the final cost at x_T; differentiable in x, u, the values and learnables."""
+        env, _, like = self.bind(values, initial_states=False, like=torch.zeros((), dtype=x.dtype, device=x.device))
+        B, T = u.shape[:2]
+        rows = {ref: v.repeat_interleave(T, dim=0) if v.shape[0] == B > 1 else v for ref, v in env.items()}
+        stages = self.backend.stage_cost(rows, x[:, :-1].reshape(B * T, -1), u.reshape(B * T, -1), like)
+        return stages.reshape(B, T).sum(1) + self.backend.final_cost(env, x[:, -1], like)
+
     def simulate(self, steps: int, system: "PlanModule | None" = None, **values) -> Solution:
         """Closed-loop receding-horizon MPC for `steps` steps.
 
