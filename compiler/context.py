@@ -42,6 +42,7 @@ class PlanInfo:
     lets: dict[str, Expr] = field(default_factory=dict)            # `let` name -> typed expression
     guesses: dict[str, Expr] = field(default_factory=dict)         # control name -> typed initial guess
     env: object = None                                             # compiler.envs.EnvSpec of an `env` block
+    train: dict = field(default_factory=dict)                      # `train { }`: TrainConfig fields
 
     def of_kind(self, kind) -> list[VarInfo]:
         return [v for v in self.variables.values() if v.ref.kind is kind]

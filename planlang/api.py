@@ -9,7 +9,7 @@ from planlang.plan import Plan, load, loads
 
 
 def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None = None,
-            solver: str | None = None, allow_imports: bool = False):
+            solver: str | None = None, allow_imports: bool = False, weights=None):
     """Check `plan` and lower it to a differentiable `torch.nn.Module` (`PlanModule`).
 
     `dtype` is the dtype of the learnables (and of a solve given no floating-point tensors); the
@@ -19,6 +19,8 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     `options` override solver options (e.g. `{"tol": 1e-10}`), validated like the plan's own.
     `allow_imports=True` lets `block f = python("package.module:Class", ...)` import and run the
     named code; without it such a plan is refused, so that opening a plan never runs code by surprise.
+    `weights` is a checkpoint written by `planlang train -o CKPT` (or `planlang.train`): its
+    state_dict is loaded, and a checkpoint of another plan is refused (it stores the plan's hash).
     Raises `PlanError` (with file:line:col, the line and a caret) when the plan is malformed or
     its solver cannot take it.
     """
@@ -54,9 +56,13 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     if not allow_imports:
         _refuse_imports(graph, plan)
     try:
-        return PlanModule(graph, dtype=dtype)
+        module = PlanModule(graph, dtype=dtype)
     except BlockError as err:            # a block that cannot be built (bad import path, kernel size)
         raise PlanError(Diagnostic(graph.nodes[f"block:{err.block}"]["span"], str(err)), plan.source) from None
+    if weights is not None:
+        from planlang.training import load_weights
+        load_weights(module, weights, plan)
+    return module
 
 
 def _refuse_imports(graph, plan: Plan) -> None:

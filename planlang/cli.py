@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the solution as JSON")
     run.add_argument("--plot", type=Path, metavar="OUT.png", help="plot states and controls over time")
     run.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
+    run.add_argument("--weights", type=Path, metavar="CKPT", help="load trained weights (from `planlang train -o`)")
     run.add_argument("--allow-imports", action="store_true",
                      help="let `block f = python(\"pkg.mod:Class\", ...)` import and run the code the plan names")
     run.add_argument("--closed-loop", type=int, metavar="N",
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--format", choices=("text", "dot", "json"), default="text")
     graph.add_argument("--after", metavar="PASS", help="show the graph after this pass (resolve, shapes, classify, eligibility, lower)")
     graph.set_defaults(handler=_graph)
+
+    from planlang.cli_train import add_parsers
+    add_parsers(verbs)
 
     check = verbs.add_parser("check", help="compare the compiled solver with a cvxpy reference and finite differences")
     check.add_argument("file", type=Path)
@@ -99,7 +103,7 @@ def _run(args) -> int:
 
     plan = planlang.load(args.file)
     dtype = torch.float32 if args.float32 else torch.float64
-    module = planlang.compile(plan, dtype=dtype, allow_imports=args.allow_imports)
+    module = planlang.compile(plan, dtype=dtype, allow_imports=args.allow_imports, weights=args.weights)
     values = dict(parse_assignment(s) for s in args.set)
     values = {k: v.to(dtype) for k, v in values.items()}
     if (args.system or args.env is not None) and not args.closed_loop:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from planlang.ast import VarKind
-from planlang.errors import SolveError
+from planlang.errors import PlanError, SolveError
 from planlang.plan import Plan
 from runtime.demos import INPUT_PREFIX, DemoError, check_structure, load_demos
 from runtime.losses import TrajectoryCost, as_model_loss, make_loss
@@ -71,10 +71,8 @@ class PlanPlanner:
 
     def control_box(self, batch, like: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """The plan's control bounds as (b, 1, m) tensors, or (None, None) without any."""
-        from compiler.lower.backends import ILQRBackend
-
         env, _, like = self.module.bind(self.inputs(batch), initial_states=False, like=like)
-        return ILQRBackend._bounds(self.module.backend, env, like)
+        return self.module.backend.control_bounds(env, like)
 
     def solve_augmented(self, batch, extra_cost: TrajectoryCost):
         """argmin_u J(rollout(u)) + extra_cost(x, u) by L-BFGS (strong Wolfe) on the controls,
@@ -271,12 +269,20 @@ def load_weights(module, path: str | Path, plan: Plan | str):
 # ---------------------------------------------------------------------------- train
 
 def plan_train_config(plan: Plan) -> TrainConfig:
-    """The plan's `train { ... }` block as a `TrainConfig`: the parser stores the block in
-    `plan.graph.graph["train"]`, as a TrainConfig or a dict of its fields; defaults without one."""
-    block = plan.graph.graph.get("train")
-    if block is None:
-        return TrainConfig()
-    return block if isinstance(block, TrainConfig) else TrainConfig(**block)
+    """The plan's `train { ... }` block as a `TrainConfig` (checked with located errors by the
+    compiler's shapes pass, `compiler.train_block`); defaults without one. `data` and `teacher`
+    are relative to the plan file."""
+    from compiler.pipeline import run_passes
+
+    try:
+        fields = dict(run_passes(plan.graph, until="shapes").graph["plan_info"].train)
+    except PlanError as err:
+        raise err.with_source(plan.source) from None
+    base = Path(plan.source.filename).parent
+    for key in ("data", "teacher"):
+        if fields.get(key) is not None:
+            fields[key] = str(base / fields[key])
+    return TrainConfig(**fields)
 
 
 

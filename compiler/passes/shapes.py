@@ -26,6 +26,7 @@ import torch
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import PlanInfo, VarInfo
 from compiler.envs import env_spec
+from compiler.train_block import train_settings
 from compiler.evaluate import evaluate
 from compiler.functions import FUNCTIONS, ShapeError, broadcast, format_shape
 from compiler.ir import Expr, Op, Shape, VarRef
@@ -89,6 +90,8 @@ def run(graph: nx.DiGraph) -> PassResult:
             errors.add(data["span"], "`continual` declarations are parsed but not compiled yet",
                        "train the block without it for now (see docs/language.md)")
     typer.lets = {d["name"]: d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.LET}
+    if "train" in graph:
+        info.train = train_settings(graph.nodes["train"]["decl"], constant_lookup(info), errors)
     if "env" in graph:
         info.env = env_spec(graph.nodes["env"]["decl"], info, lambda scope: _scoped(typer, scope), errors)
     for node, data in graph.nodes(data=True):
