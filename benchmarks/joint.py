@@ -79,14 +79,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, default=Path("/tmp/joint_train.npz"))
     parser.add_argument("--test", type=Path, default=Path("/tmp/joint_test.npz"))
-    parser.add_argument("--n-train", type=int, default=320)
-    parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--n-train", type=int, default=40)
+    parser.add_argument("--n-test", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=32)
-    parser.add_argument("--sigma", type=float, default=0.6)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--sigma", type=float, default=1.0)
+    parser.add_argument("--plan-candidates", type=int, default=64)
+    parser.add_argument("--plan-sigma", type=float, default=2.0)
+    parser.add_argument("--collision-prior", type=float, default=1000.0)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--bp-iters", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     dtype = torch.float32
     train, test = data(args.train, args.n_train, 1), data(args.test, args.n_test, 2)
     dt, T, K = train.dt, train.u.shape[2], args.candidates
@@ -94,13 +98,15 @@ def main():
 
     def prepare(d, seed):
         x0, goals = d.x0.to(dtype), d.goals.to(dtype)
-        cands = proposals(x0, goals, dt, T, K, seed, args.sigma)
-        labelled, index = with_ground_truth(cands, d, seed)
-        return cands, labelled, index, features(labelled, goals, dt), features(cands, goals, dt)
+        labelled, index = with_ground_truth(proposals(x0, goals, dt, T, K, seed, args.sigma), d, seed)
+        return index, features(labelled, goals, dt)
 
     started = time.perf_counter()
-    _, _, train_index, train_features, _ = prepare(train, 10)
-    test_cands, test_labelled, test_index, test_features_gt, test_features = prepare(test, 20)
+    train_index, train_features = prepare(train, 10)
+    test_index, test_features_gt = prepare(test, 20)
+    test_cands = proposals(test.x0.to(dtype), test.goals.to(dtype), dt, T, args.plan_candidates,
+                           30, args.plan_sigma)
+    test_features = features(test_cands, test.goals.to(dtype), dt)
     print(f"proposals and features: {time.perf_counter() - started:.1f} s")
 
     theta_u = torch.zeros(3, dtype=dtype, requires_grad=True)
@@ -122,12 +128,16 @@ def main():
         unary, pairwise = energies(theta_u, theta_p, *test_features)
         independent = unary.argmin(2)
         joint = bp(unary, pairwise).plan
+        prior = pairwise + args.collision_prior * test_features[1][..., 0]
+        joint_prior = bp(unary, prior).plan
         gt_x = test.x.to(dtype)
         rows = [("ground truth", gt_x),
-                ("independent (unary only)", pick(test_cands.x, independent)),
-                ("joint plan (BP max-product)", pick(test_cands.x, joint))]
-        print(f"\nheld-out: {len(test.x0)} intersection scenes, N=4, K={K} sampled candidates "
-              "(ground truth not among them)")
+                ("independent (learned unary only)", pick(test_cands.x, independent)),
+                ("joint plan (learned, BP max-product)", pick(test_cands.x, joint)),
+                (f"joint plan (learned + {args.collision_prior:g} x penetration)",
+                 pick(test_cands.x, joint_prior))]
+        print(f"\nheld-out: {len(test.x0)} intersection scenes, N=4, K={args.plan_candidates} "
+              f"sampled candidates (sigma {args.plan_sigma}; ground truth not among them)")
         print("| plan | collision rate | ADE m | FDE m |")
         for name, x in rows:
             ade, fde = displacement(x, gt_x)
@@ -144,7 +154,8 @@ def main():
             exact_first.append((Exact()(u_c, p_c).plan == test_index[chunk:chunk + 4]).all(1))
         exact_first = torch.cat(exact_first).float().mean().item()
         bp_first = (bp_plan == test_index).all(1).float().mean().item()
-        print(f"\nground truth inserted: GT joint configuration ranked first (exact MAP) "
+        print(f"\nK={K} candidates (sigma {args.sigma}) with the ground truth inserted: "
+              f"GT joint configuration ranked first (exact MAP) "
               f"{exact_first:.3f}; BP plan == GT {bp_first:.3f}")
 
         small_u, small_p = unary[:, :, :8].double(), pairwise[:, :, :, :8, :8].double()
@@ -160,10 +171,10 @@ def main():
               f"{(tree[0].marginals - tree[1].marginals).abs().max().item():.2e}; "
               + "; ".join(f"{n} four agents max |dp| {g:.2e}, same MAP {a:.2f}" for n, g, a in gap))
 
-    timing(dt, T, bp)
+    timing(dt, T, bp, args.sigma, args.threads)
 
 
-def timing(dt, T, bp, N=8, K=64, B=4, repeats=3):
+def timing(dt, T, bp, sigma, threads, N=8, K=64, B=4, repeats=3):
     """Scenes per second for N agents, K candidates: proposals, energies, BP, in float32."""
     g = torch.Generator().manual_seed(0)
     starts = interactions.SCENES["intersection"](g, B, N)
@@ -173,7 +184,7 @@ def timing(dt, T, bp, N=8, K=64, B=4, repeats=3):
     with torch.no_grad():
         for _ in range(repeats):
             t0 = time.perf_counter()
-            cands = proposals(x0, goals, dt, T, K, 0, 0.6)
+            cands = proposals(x0, goals, dt, T, K, 0, sigma)
             t1 = time.perf_counter()
             unary, pairwise = energies(theta_u, theta_p, *features(cands, goals, dt))
             t2 = time.perf_counter()
@@ -182,7 +193,7 @@ def timing(dt, T, bp, N=8, K=64, B=4, repeats=3):
             for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
                 stages[name] += seconds
     total = sum(stages.values())
-    print(f"\nN={N}, K={K}, T={T}, batch {B}, {repeats} repeats, 1 thread: "
+    print(f"\nN={N}, K={K}, T={T}, batch {B}, {repeats} repeats, {threads} thread(s): "
           + ", ".join(f"{k} {B * repeats / v:.1f} scenes/s" for k, v in stages.items())
           + f"; all {B * repeats / total:.2f} scenes/s")
 

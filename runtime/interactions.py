@@ -334,7 +334,7 @@ def ground_truth_checks(x: Tensor, u: Tensor, starts: SceneStarts, dt: float, co
     return (min_distance(fine) >= 1.0) & (gradient.abs().amax(1) <= grad_tol) & reached & minimum
 
 
-def generate(scene: str, agents: int, count: int, seed: int, T: int = 40, dt: float = 0.25,
+def generate(scene: str, agents: int, count: int, seed: int, T: int = 25, dt: float = 0.4,
              cost: JointCost = JointCost(), grad_tol: float = 1e-5, goal_tol: float = 0.5,
              batch: int = 32, max_rounds: int = 20) -> InteractionData:
     """`count` scenes of `agents` agents whose ground truth passes the checks of the docstring.

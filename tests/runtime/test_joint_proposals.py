@@ -113,7 +113,9 @@ def test_energies_gradcheck():
     x = cands.x.clone().requires_grad_()
     weights = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w: goal_energy(x, goals, w, 0.5), (x, weights))
-    assert torch.autograd.gradcheck(lambda x: pair_hinge_features(x, (3.0,), (2.0,)), (x,))
+    # between different agents (an agent's distance to itself is not differentiable at 0)
+    assert torch.autograd.gradcheck(lambda x: pair_hinge_features(x, (3.0,), (2.0,))[:, 0, 1],
+                                    (x,))
 
 
 def test_collisions_and_min_distance():
