@@ -93,21 +93,6 @@ def joint_energy(unary: Tensor, pairwise: Tensor, config: Tensor) -> Tensor:
     return unary_part + pair_part
 
 
-def classification_loss(unary: Tensor, pairwise: Tensor, gt_index: Tensor,
-                        inference: "Inference") -> Tensor:
-    """-sum_i log p(s_i = gt_i) (B,): the ground truth's marginal negative log-likelihood.
-
-    gt_index (B, N) int64 is each agent's ground-truth candidate; the marginals come from
-    `inference` (e.g. `BeliefPropagation(iters=10)`), differentiable in the energies.
-    """
-    B, N = gt_index.shape
-    log_marginals = inference(unary, pairwise).log_marginals
-    if tuple(log_marginals.shape[:2]) != (B, N):
-        raise ValueError(f"gt_index must be (B, N) = {tuple(log_marginals.shape[:2])}, "
-                         f"got {tuple(gt_index.shape)}")
-    return -log_marginals.gather(2, gt_index[..., None]).squeeze(2).sum(1)
-
-
 def _result(unary: Tensor, pairwise: Tensor, log_marginals: Tensor, plan: Tensor,
             log_z: Optional[Tensor] = None) -> JointResult:
     return JointResult(log_marginals.exp(), log_marginals, plan,
@@ -214,3 +199,18 @@ class MeanField:
 
 
 Inference = Exact | BeliefPropagation | MeanField
+
+
+def classification_loss(unary: Tensor, pairwise: Tensor, gt_index: Tensor,
+                        inference: Inference = BeliefPropagation()) -> Tensor:
+    """-sum_i log p(s_i = gt_i) (B,): the ground truth's marginal negative log-likelihood.
+
+    gt_index (B, N) int64 is each agent's ground-truth candidate; the marginals come from
+    `inference` (default: 20 undamped BP iterations), differentiable in the energies.
+    """
+    B, N = gt_index.shape
+    log_marginals = inference(unary, pairwise).log_marginals
+    if tuple(log_marginals.shape[:2]) != (B, N):
+        raise ValueError(f"gt_index must be (B, N) = {tuple(log_marginals.shape[:2])}, "
+                         f"got {tuple(gt_index.shape)}")
+    return -log_marginals.gather(2, gt_index[..., None]).squeeze(2).sum(1)
