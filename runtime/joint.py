@@ -23,7 +23,8 @@ Inference methods (small frozen classes, each callable as `method(unary, pairwis
       (above) gives the marginals and is unrolled for autograd; max-product (max instead of
       log-sum-exp, same schedule, no autograd graph) gives the joint plan as the argmax of each
       agent's max-marginal belief. On a tree (e.g. N = 2, or pairwise terms that vanish outside
-      a tree) both are exact once iters >= the tree's diameter with damping 0.
+      a tree) both are exact once iters >= the tree's diameter with damping 0. Each iteration
+      costs O(B N^2 K^2); backpropagation keeps `iters` tensors of B N^2 K^2 numbers.
   `MeanField(iters, damping)`: naive mean field, parallel damped updates
           log q_i(a) = log softmax_a( -U_i(a) - sum_{j != i} sum_c q_j(c) S_ij(a, c) ),
       plan = argmax_a q_i(a).
