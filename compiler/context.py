@@ -29,6 +29,14 @@ class VarInfo:
         return n
 
 
+@dataclass(frozen=True)
+class GridInfo:
+    """A grid plan's map size (H, W) and its number of moves (4 or 8)."""
+
+    shape: tuple[int, int]
+    actions: int
+
+
 @dataclass
 class PlanInfo:
     """Results of the checking passes, consumed by lowering."""
@@ -43,6 +51,12 @@ class PlanInfo:
     guesses: dict[str, Expr] = field(default_factory=dict)         # control name -> typed initial guess
     env: object = None                                             # compiler.envs.EnvSpec of an `env` block
     train: dict = field(default_factory=dict)                      # `train { }`: TrainConfig fields
+    grid: GridInfo | None = None                                   # set for grid plans (`grid H x W`)
+
+    @property
+    def family(self) -> str:
+        """The problem family: 'grid' for grid plans, else 'trajectory'."""
+        return "grid" if self.grid is not None else "trajectory"
 
     def of_kind(self, kind) -> list[VarInfo]:
         return [v for v in self.variables.values() if v.ref.kind is kind]

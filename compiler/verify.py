@@ -38,7 +38,7 @@ def verify(graph: nx.DiGraph, after: str) -> None:
         _expect(bool(data.get("spans")), f"edge {u}->{v}: no use spans")
     if stage >= 1:
         info = graph.graph.get("plan_info")
-        _expect(info is not None and info.horizon >= 1, "plan_info missing after shapes")
+        _expect(info is not None and (info.horizon >= 1 or info.grid is not None), "plan_info missing after shapes")
     if stage >= 3:
         _expect(graph.graph["plan_info"].solver != "", "solver not set after eligibility")
     if stage >= 4:

@@ -49,7 +49,7 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     if options:
         info = graph.graph["plan_info"]
         info.options.update(_checked_options(info.solver, options))
-        problems = SOLVERS[info.solver].validate(info.options)
+        problems = SOLVERS[info.solver].validate(info.options, info)
         if problems:
             raise ValueError("; ".join(problems))
     graph = lower.run(graph).graph

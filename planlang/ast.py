@@ -317,8 +317,25 @@ class ContinualDecl:
     methods: tuple[Call, ...]
 
 
+@dataclass(frozen=True)
+class GridDecl:
+    """`grid H x W`: a plan over the cells of an H x W map (the grid family)."""
+
+    span: Span
+    height: Size
+    width: Size
+
+
+@dataclass(frozen=True)
+class ActionsDecl:
+    """`actions 4 | 8`: the moves of a grid plan."""
+
+    span: Span
+    count: Size
+
+
 Decl = Union[VarDecl, ConstDecl, HorizonDecl, DynamicsDecl, CostDecl, ConstraintDecl, SolveDecl,
-             LetDecl, GuessDecl, BlockDecl, BracedDecl, ContinualDecl]
+             LetDecl, GuessDecl, BlockDecl, BracedDecl, ContinualDecl, GridDecl, ActionsDecl]
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     from planlang.cli_train import add_parsers
     add_parsers(verbs)
 
+    data = verbs.add_parser("data", help="generate data sets (gridworld maps with expert paths)")
+    kinds = data.add_subparsers(dest="kind", required=True)
+    grid = kinds.add_parser("gridworld", help="the VIN paper's grid worlds: random obstacles, shortest-path experts")
+    grid.add_argument("--size", type=int, required=True, help="map side (8, 16, 28 use the paper's obstacle limits)")
+    grid.add_argument("--maps", type=int, required=True)
+    grid.add_argument("--trajs", type=int, default=7, help="expert trajectories per map (default 7)")
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.npz")
+    grid.set_defaults(handler=_gridworld)
+
     check = verbs.add_parser("check", help="compare the compiled solver with a cvxpy reference and finite differences")
     check.add_argument("file", type=Path)
     check.add_argument("--seed", type=int, default=0)
@@ -196,6 +206,17 @@ def _graph(args) -> int:
     print(render(graph))
     if args.after == "lower" and args.format == "text":
         print(graph.graph["lowered"].as_text())
+    return EXIT_OK
+
+
+def _gridworld(args) -> int:
+    from runtime.gridworld import generate
+
+    start = time.perf_counter()
+    data = generate(args.size, args.maps, trajs=args.trajs, seed=args.seed)
+    data.save(args.output)
+    print(f"{args.maps} maps of {args.size}x{args.size} with {args.trajs} expert paths each written to "
+          f"{args.output} in {time.perf_counter() - start:.1f} s")
     return EXIT_OK
 
 

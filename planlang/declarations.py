@@ -33,6 +33,8 @@ class NodeKind(Enum):
     CONTINUAL = "continual"
     TRAIN = "train"
     ENV = "env"
+    GRID = "grid"
+    ACTIONS = "actions"
     SOLVE = "solve"
 
 
@@ -255,6 +257,29 @@ class Braced(Declaration):
         return label + "{" + body + "}"
 
 
+class Grid(Declaration):
+    ast_type, kind = ast.GridDecl, NodeKind.GRID
+
+    def compile_time_names(self, decl):
+        return [ast.Name(s.span, s.value) for s in (decl.height, decl.width) if isinstance(s.value, str)]
+
+    def attrs(self, decl):
+        return {"shape": (decl.height.value, decl.width.value)}
+
+    def text(self, decl):
+        return f"{decl.height.value} x {decl.width.value}"
+
+
+class Actions(Declaration):
+    ast_type, kind = ast.ActionsDecl, NodeKind.ACTIONS
+
+    def compile_time_names(self, decl):
+        return [ast.Name(decl.count.span, decl.count.value)] if isinstance(decl.count.value, str) else []
+
+    def text(self, decl):
+        return str(decl.count.value)
+
+
 class Solve(Declaration):
     ast_type, kind = ast.SolveDecl, NodeKind.SOLVE
 
@@ -275,7 +300,7 @@ class Solve(Declaration):
 DECLARATIONS: tuple[Declaration, ...] = (
     *(Variable(NodeKind(k.value)) for k in ast.VarKind),
     Const(), Horizon(), Let(), Dynamics(), Cost(), Constraint(), Guess(), Block(), Continual(),
-    Braced(NodeKind.TRAIN), Braced(NodeKind.ENV), Solve(),
+    Braced(NodeKind.TRAIN), Braced(NodeKind.ENV), Grid(), Actions(), Solve(),
 )
 _BY_KIND = {d.kind: d for d in DECLARATIONS}
 VALUE_KINDS = frozenset({NodeKind.CONST, NodeKind.LET, *(NodeKind(k.value) for k in ast.VarKind)})

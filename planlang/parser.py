@@ -15,7 +15,7 @@ from planlang.source import Source, Span
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 KEYWORDS = ("plan", "const", "horizon", "state", "control", "param", "input", "learn",
-            "dynamics", "cost", "constraint", "solve", "let", "guess", "block", "train", "env", "continual")
+            "dynamics", "cost", "constraint", "solve", "let", "guess", "block", "train", "env", "continual", "grid", "actions")
 _OPEN = {"(": ")", "[": "]"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 
@@ -239,6 +239,12 @@ class _ToAST(Transformer):
         args = [a for a in args if a is not None]
         return ast.SolveDecl(_span(meta), str(name), tuple(a for a in args if isinstance(a, ast.Keyword)),
                              tuple(a for a in args if not isinstance(a, ast.Keyword)))
+
+    def grid_decl(self, meta, children):
+        return ast.GridDecl(_span(meta), children[0], children[1])
+
+    def actions_decl(self, meta, children):
+        return ast.ActionsDecl(_span(meta), children[0])
 
     def let_decl(self, meta, children):
         return ast.LetDecl(_span(meta), str(children[0]), children[1])

@@ -227,6 +227,13 @@ def checkpoint_extra(plan: Plan | str) -> dict:
     return {"format": CHECKPOINT_FORMAT, "plan_text": text, "plan_hash": plan_hash(text)}
 
 
+def save_weights(module, path: str | Path, plan: Plan | str, **extra) -> None:
+    """Write `module`'s state_dict as a checkpoint of `plan` (format, plan text and hash), which
+    `planlang.compile(plan, weights=path)` and `planlang run --weights` load; `extra` is stored too
+    (e.g. how the weights were trained)."""
+    torch.save({**checkpoint_extra(plan), **extra, "state_dict": module.state_dict()}, path)
+
+
 def read_checkpoint(path: str | Path, plan: Plan | str) -> dict:
     """Load a checkpoint without unpickling arbitrary objects (weights_only) and check its plan."""
     path = Path(path)

@@ -59,6 +59,7 @@ class PlanModule(nn.Module):
                 self.register_buffer(buffer, value.to(torch.float64))
                 self._defaults[var.ref.name] = buffer
         self.backend = graph.graph["lowered"]
+        self.planner = getattr(self.backend, "network", None)      # a grid planner's learnable network
 
     @property
     def horizon(self) -> int:
@@ -199,7 +200,11 @@ class PlanModule(nn.Module):
 
     # ------------------------------------------------------------------ solving
     def forward(self, warm_start: torch.Tensor | None = None, **values) -> Solution:
-        """Solve from the bound values; `warm_start` (T, m) or (B, T, m) seeds iterative solvers' controls."""
+        """Solve from the bound values; `warm_start` (T, m) or (B, T, m) seeds iterative solvers' controls.
+        Grid plans return `runtime.grid.GridSolution` (values, logits, path, reached)."""
+        if self.info.family == "grid":
+            env, _, like = self.bind(values, initial_states=False)
+            return self.backend(env, like)
         env, x0, like = self.bind(values)
         if warm_start is not None:
             warm_start = self._warm_start(warm_start, x0.shape[0], like)

@@ -29,13 +29,20 @@ def run(graph: nx.DiGraph) -> PassResult:
         errors.raise_if_any()
     if decl.positional:
         errors.add(decl.positional[0].span, "solver options are given by name", "e.g. `solve ilqr(iters=50)`")
+    if solver.family != info.family:
+        what = "a grid (`grid H x W`)" if solver.family == "grid" else "states, controls and dynamics over a horizon"
+        takers = [n for n in PREFERENCE if SOLVERS[n].family == info.family]
+        errors.add(decl.span, f"solve {solver.name} plans over {what}; this is a {info.family} plan",
+                   "solvers for it: " + ", ".join(takers))
+        errors.raise_if_any()
     options = solver.options.parse(decl.options, constant_lookup(info), errors, owner=f"solve {solver.name}")
     if not errors.diagnostics:
-        for message in solver.validate(options):
+        for message in solver.validate(options, info):
             errors.add(decl.span, message)
     problems = solver.accepts(graph, info)
     if problems:
-        takers = [name for name in PREFERENCE if name != solver.name and not SOLVERS[name].accepts(graph, info)]
+        takers = [name for name in PREFERENCE if name != solver.name and SOLVERS[name].family == info.family
+                  and not SOLVERS[name].accepts(graph, info)]
         suggestion = f"`solve {takers[0]}` would take this plan" if takers else ""
         for span, message, hint in problems:
             errors.add(span, message, "; ".join(h for h in (hint, suggestion) if h))
@@ -48,4 +55,4 @@ def run(graph: nx.DiGraph) -> PassResult:
 def accepting_solvers(graph: nx.DiGraph) -> list[str]:
     """The solvers that take a plan (graph after classify), in order of preference."""
     info: PlanInfo = graph.graph["plan_info"]
-    return [name for name in PREFERENCE if not SOLVERS[name].accepts(graph, info)]
+    return [name for name in PREFERENCE if SOLVERS[name].family == info.family and not SOLVERS[name].accepts(graph, info)]

@@ -88,8 +88,29 @@ def _check_time_rules(data, kinds, errors: Collector) -> None:
                            "use numbers and `const` names here")
 
 
+_NOT_ON_GRIDS = {NodeKind.HORIZON: "`horizon`", NodeKind.STATE: "states", NodeKind.CONTROL: "controls",
+                  NodeKind.DYNAMICS: "`dynamics`", NodeKind.CONSTRAINT: "constraints", NodeKind.GUESS: "guesses",
+                  NodeKind.ENV: "an `env` block"}
+
+
+def _check_grid_structure(graph: nx.DiGraph, errors: Collector) -> None:
+    """A grid plan moves by its `actions` on the map's cells: no horizon, states, controls or dynamics."""
+    for _, data in graph.nodes(data=True):
+        what = _NOT_ON_GRIDS.get(data["kind"])
+        if what is not None:
+            errors.add(data["span"], f"a grid plan (`grid H x W`) has no {what}",
+                       "its state is the cell, its moves the `actions`; costs are maps of the cells")
+    if NodeKind.SOLVE not in [d["kind"] for _, d in graph.nodes(data=True)]:
+        errors.add(_ORIGIN, "the file has no `solve` line", "add e.g. `solve value_iteration` or `solve vin(k=10)`")
+
+
 def _check_structure(graph: nx.DiGraph, declared: dict, errors: Collector) -> None:
+    if "grid" in graph:
+        _check_grid_structure(graph, errors)
+        return
     kinds = [d["kind"] for _, d in graph.nodes(data=True)]
+    if NodeKind.ACTIONS in kinds:
+        errors.add(graph.nodes["actions"]["span"], "`actions` belongs to grid plans", "declare the map: `grid H x W`")
     if NodeKind.HORIZON not in kinds:
         errors.add(_ORIGIN, "the file has no `horizon` line", "add a line such as `horizon 30`")
     if NodeKind.SOLVE not in kinds:

@@ -24,7 +24,7 @@ import networkx as nx
 import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
-from compiler.context import PlanInfo, VarInfo
+from compiler.context import GridInfo, PlanInfo, VarInfo
 from compiler.envs import env_spec
 from compiler.train_block import train_settings
 from compiler.evaluate import evaluate
@@ -66,7 +66,10 @@ def run(graph: nx.DiGraph) -> PassResult:
             continue
         info.consts[data["name"]] = value
     try:
-        info.horizon = _horizon(graph, typer)
+        if "grid" in graph:
+            info.grid = _grid(graph, typer)
+        else:
+            info.horizon = _horizon(graph, typer)
     except Located as err:
         errors.add(err.span, err.message, err.hint)
     for node, data in graph.nodes(data=True):
@@ -82,7 +85,10 @@ def run(graph: nx.DiGraph) -> PassResult:
             except Located as err:
                 errors.add(err.span, err.message, err.hint)
     errors.raise_if_any()
-    _check_stage_data(graph, info, errors)
+    if info.grid is not None:
+        _check_grid_inputs(graph, info, errors)
+    else:
+        _check_stage_data(graph, info, errors)
     errors.raise_if_any()
 
     for _, data in graph.nodes(data=True):
@@ -105,6 +111,8 @@ def run(graph: nx.DiGraph) -> PassResult:
             elif data["kind"] is NodeKind.DYNAMICS:
                 modified |= annotate(graph, node, "ir", typer.dynamics(decl), _fp)
                 modified |= annotate(graph, node, "integrator", typer.integrator(decl))
+            elif data["kind"] is NodeKind.COST and info.grid is not None:
+                modified |= annotate(graph, node, "ir", typer.cell_cost(decl), _fp)
             elif data["kind"] is NodeKind.COST:
                 modified |= annotate(graph, node, "ir", typer.cost(decl), _fp)
                 _check_final_cost(decl, data["ir"])
@@ -212,6 +220,35 @@ def _check_one_integrator(graph: nx.DiGraph, errors: Collector) -> None:
             describe = lambda m: "discrete (x' = ...)" if m is None else f"dot(...) by {m[0]}({m[1]:g})"
             errors.add(decl.span, f"all dynamics must advance the same way: this one is {describe(method)}, "
                                   f"the first is {describe(first)}", "use one integrator and step for every state")
+
+
+def _grid(graph: nx.DiGraph, typer: "Typer") -> "GridInfo":
+    """`grid H x W` and `actions 4 | 8` (default 8), and the map inputs a grid plan reads."""
+    decl = graph.nodes["grid"]["decl"]
+    shape = (typer.size(decl.height), typer.size(decl.width))
+    actions = 8
+    if "actions" in graph:
+        count = graph.nodes["actions"]["decl"].count
+        actions = typer.size(count)
+        if actions not in (4, 8):
+            raise Located(count.span, f"a grid plan moves in 4 or 8 directions, got actions {actions}",
+                          "actions 4 (N, S, E, W) or actions 8 (with the diagonals)")
+    if min(shape) < 2:
+        raise Located(decl.span, f"a grid needs at least 2 x 2 cells, got {shape[0]} x {shape[1]}")
+    return GridInfo(shape, actions)
+
+
+def _check_grid_inputs(graph: nx.DiGraph, info: PlanInfo, errors: Collector) -> None:
+    """Grid plans read `input occupancy[H, W]`, `input goal[2]` and `input start[2]`."""
+    want = {"occupancy": info.grid.shape, "goal": (2,), "start": (2,)}
+    for name, shape in want.items():
+        var = info.variables.get(name)
+        if var is None or var.ref.kind is not ast.VarKind.INPUT:
+            errors.add(graph.nodes["grid"]["span"], f"a grid plan declares `input {name}[{', '.join(map(str, shape))}]`",
+                       "occupancy is 1 on obstacles; goal and start are (row, col) cells")
+        elif var.shape != shape:
+            errors.add(graph.nodes[var.node]["span"],
+                       f"'{name}' of this grid plan has shape {format_shape(shape)}, got {format_shape(var.shape)}")
 
 
 def _check_stage_data(graph: nx.DiGraph, info: PlanInfo, errors: Collector) -> None:
@@ -367,6 +404,14 @@ class Typer:
         if dt.numel() != 1 or not float(dt) > 0:
             raise Located(method.args[0].span, "the integration step must be a positive constant")
         return method.func, float(dt)
+
+    def cell_cost(self, decl: ast.CostDecl) -> Expr:
+        """A grid plan's cost: the cost of entering each cell, a map [H, W] (or one number)."""
+        typed = self.expr(decl.expr)
+        if typed.shape not in ((), self.info.grid.shape):
+            raise Located(decl.expr.span, f"a grid plan's cost is a map {format_shape(self.info.grid.shape)} "
+                                          f"(the cost of entering each cell), got {format_shape(typed.shape)}")
+        return typed
 
     def cost(self, decl: ast.CostDecl) -> Expr:
         typed = self.expr(decl.expr)

@@ -2,12 +2,14 @@
 (the first that takes a plan is suggested when the named one cannot)."""
 from compiler.solvers.base import ConstraintSupport, Solver
 from compiler.solvers.descent import Descent
+from compiler.solvers.grid import ValueIteration, ValueIterationNetwork
 from compiler.solvers.ilqr import ILQR
 from compiler.solvers.lqr import LQR
 from compiler.solvers.qp import QP
 from compiler.solvers.sampling import CEM, MPPI
 
-SOLVERS: dict[str, Solver] = {s.name: s for s in (LQR(), QP(), ILQR(), Descent(), MPPI(), CEM())}
+SOLVERS: dict[str, Solver] = {s.name: s for s in (LQR(), QP(), ILQR(), Descent(), MPPI(), CEM(),
+                                                  ValueIteration(), ValueIterationNetwork())}
 PREFERENCE = tuple(SOLVERS)
 
 __all__ = ["ConstraintSupport", "PREFERENCE", "SOLVERS", "Solver"]

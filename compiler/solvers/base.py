@@ -37,6 +37,7 @@ class Solver:
 
     name: str = ""
     doc: str = ""
+    family: str = "trajectory"             # the problem family it plans in (compiler.problem)
     options: Schema = Schema()
     dynamics_degree: int | None = None     # max polynomial degree of the dynamics (None: any)
     cost_degree: int | None = None
@@ -75,8 +76,9 @@ class Solver:
             out += _convexity_problems(graph, info)
         return out
 
-    def validate(self, options: dict) -> list[str]:
-        """What is wrong with a combination of options (each option alone is checked by its type)."""
+    def validate(self, options: dict, info: PlanInfo) -> list[str]:
+        """What is wrong with a combination of options, or of options and the plan (each option
+        alone is checked by its type)."""
         return []
 
     def backend(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):

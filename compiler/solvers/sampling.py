@@ -92,7 +92,7 @@ class CEM(Solver):
     exact = False
     constraints = ConstraintSupport.CONTROL_BOX
 
-    def validate(self, options):
+    def validate(self, options, info):
         if options["elites"] > options["samples"]:
             return [f"solve cem needs elites <= samples, got {options['elites']} > {options['samples']}"]
         return []
