@@ -83,7 +83,7 @@ def _checked_options(solver: str, options: dict) -> dict:
 
 def check(plan: Plan, **options):
     """Solve `plan` with the compiled module and an independent reference; see `planlang.check`."""
-    from planlang.checking import check_plan
+    from planlang.checks import check_plan
 
     return check_plan(plan, **options)
 

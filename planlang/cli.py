@@ -120,6 +120,8 @@ def _run(args) -> int:
         raise ValueError("--system and --env need --closed-loop N")
     if args.env is not None:
         return _drive(module, args, values)
+    if module.info.family == "grid":
+        return _run_grid(module, args, values)
     with torch.no_grad():
         if args.closed_loop is not None:
             system = planlang.compile(planlang.load(args.system), dtype=dtype) if args.system else None
@@ -139,6 +141,21 @@ def _run(args) -> int:
         plot_solution(module, sol, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if bool(sol.ok.all()) else EXIT_FAIL
+
+
+def _run_grid(module, args, values) -> int:
+    start = time.perf_counter()
+    with torch.no_grad():
+        sol = module(**values)
+    elapsed = time.perf_counter() - start
+    record = {"plan": module.plan_name, "solver": module.solver, "reached": sol.reached.tolist(),
+              "path": sol.path[0].tolist(), "logits": sol.logits[0].tolist(), "time_s": elapsed}
+    if args.json:
+        print(json.dumps({**record, "values": sol.values.tolist()}, indent=2))
+    else:
+        print(f"plan      {module.plan_name}\nsolver    {module.solver}\nreached   {record['reached']}\n"
+              f"path      {' '.join(f'({r},{c})' for r, c in record['path'])}\ntime      {elapsed * 1e3:.2f} ms")
+    return EXIT_OK if bool(sol.reached.all()) else EXIT_FAIL
 
 
 def _drive(module, args, values) -> int:
@@ -225,7 +242,7 @@ def _check(args) -> int:
 
     plan = planlang.load(args.file)
     if args.cross:
-        from planlang.cross_check import cross_check
+        from planlang.checks import cross_check
         report = cross_check(plan, seed=args.seed)
     else:
         report = planlang.check(plan, seed=args.seed)

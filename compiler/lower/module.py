@@ -210,6 +210,15 @@ class PlanModule(nn.Module):
             warm_start = self._warm_start(warm_start, x0.shape[0], like)
         return self._solve(env, x0, like, warm_start)
 
+    def solve_with(self, values: dict, learned: dict[str, torch.Tensor] | None = None) -> Solution:
+        """Solve with `values` bound by name (as `forward`) and learnables given by their constrained
+        VALUE (B or 1 leading) instead of the module's parameters: for gradient checks that perturb
+        a learnable's value directly."""
+        env, x0, like = self.bind(values)
+        for name, value in (learned or {}).items():
+            env[self._learnable(name).ref] = value.to(like)
+        return self._solve(env, x0, like, None)
+
     def _solve(self, env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution:
         """The backend's solve, with failures as statuses (module docstring)."""
         try:

@@ -13,8 +13,8 @@ from compiler.functions import FUNCTIONS
 from compiler.ir import Op
 from compiler.lower import cvxpy_ref
 from compiler.pipeline import run_passes
-from planlang import checking
-from planlang.checking import Verdict
+from planlang.checks import gradients as checking
+from planlang.checks.gradients import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 LQR_EXAMPLES = [p for p in sorted((ROOT / "examples").glob("*.plan")) if "solve lqr" in p.read_text()]
@@ -165,13 +165,13 @@ class _SkewGrad(torch.autograd.Function):
 
 
 def test_wrong_project_gradient_fails(monkeypatch):
-    solve = checking._project_solve
+    solve = checking.project_solve
 
     def skewed(*args):
         sol = solve(*args)
         return dataclasses.replace(sol, x=_SkewGrad.apply(sol.x))
 
-    monkeypatch.setattr(checking, "_project_solve", skewed)
+    monkeypatch.setattr(checking, "project_solve", skewed)
     report = planlang.check(planlang.load(ROOT / "examples" / "double_integrator.plan"))
     assert not report.ok
     failed = [row for row in report.rows if not row.ok]
@@ -182,13 +182,13 @@ def test_wrong_project_gradient_fails(monkeypatch):
 
 
 def test_wrong_project_solution_fails(monkeypatch):
-    solve = checking._project_solve
+    solve = checking.project_solve
 
     def shifted(*args):
         sol = solve(*args)
         return dataclasses.replace(sol, u=sol.u + 1e-3)
 
-    monkeypatch.setattr(checking, "_project_solve", shifted)
+    monkeypatch.setattr(checking, "project_solve", shifted)
     report = planlang.check(planlang.load(ROOT / "examples" / "thermostat.plan"))
     assert report["u"].verdict is Verdict.FAIL
     assert "violates the reference's constraints" in report["u"].note
@@ -298,14 +298,14 @@ def test_a_degenerate_active_set_is_reported_as_a_kink():
 
 
 def test_a_gradient_outside_the_one_sided_bracket_still_fails(monkeypatch):
-    real = checking._project_autograd
+    real = checking.project_autograd
 
     def scaled(*args):
         side = real(*args)
         side.derivatives = {k: 1.5 * v for k, v in side.derivatives.items()}
         return side
 
-    monkeypatch.setattr(checking, "_project_autograd", scaled)
+    monkeypatch.setattr(checking, "project_autograd", scaled)
     report = planlang.check(_speed_limit("0.8"))
     assert report["dL/dvmax"].verdict is Verdict.FAIL
     assert not report.ok

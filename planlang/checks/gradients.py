@@ -191,7 +191,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------- the tensors
 
 @dataclass
-class _Tensor:
+class CheckedTensor:
     """A tensor the solution depends on, at its nominal value, with the directions it is checked along."""
 
     name: str
@@ -206,7 +206,7 @@ class _Tensor:
         return f"dL/d{self.name}_0" if self.kind is VarKind.STATE else f"dL/d{self.name}"
 
 
-def _tensors(module, values: Mapping[str, Any]) -> list[_Tensor]:
+def checked_tensors(module, values: Mapping[str, Any]) -> list[CheckedTensor]:
     accepted = set(module.inputs()) | set(module.learnables)
     unknown = sorted(set(values) - accepted)
     if unknown:
@@ -226,11 +226,11 @@ def _tensors(module, values: Mapping[str, Any]) -> list[_Tensor]:
         value = value.to(torch.float64).cpu().numpy()
         if value.shape != var.shape:
             raise ValueError(f"check: '{name}' has shape {value.shape}; expected {var.shape}")
-        out.append(_Tensor(name, var.ref.kind, value.copy()))
+        out.append(CheckedTensor(name, var.ref.kind, value.copy()))
     return out
 
 
-def _choose_directions(tensors: list[_Tensor], opts: CheckOptions, rng: np.random.Generator) -> None:
+def choose_directions(tensors: list[CheckedTensor], opts: CheckOptions, rng: np.random.Generator) -> None:
     for t in tensors:
         size = t.value.size
         flat = np.abs(t.value.reshape(-1))
@@ -246,14 +246,10 @@ def _choose_directions(tensors: list[_Tensor], opts: CheckOptions, rng: np.rando
 
 # ---------------------------------------------------------------- project side
 
-def _project_solve(module, tensors: list[_Tensor], values: dict[str, torch.Tensor]):
+def project_solve(module, tensors: list[CheckedTensor], values: dict[str, torch.Tensor]):
     """Solve with every value given batch-first, learnables by VALUE (bypassing the parametrization)."""
-    bindable = {t.name: values[t.name] for t in tensors if t.kind is not VarKind.LEARN}
-    env, x0, like = module.bind(bindable)
-    for t in tensors:
-        if t.kind is VarKind.LEARN:
-            env[module.info.variables[t.name].ref] = values[t.name]
-    return module.backend(env, x0, like)
+    learned = {t.name: values[t.name] for t in tensors if t.kind is VarKind.LEARN}
+    return module.solve_with({t.name: values[t.name] for t in tensors if t.kind is not VarKind.LEARN}, learned)
 
 
 def _torch_loss(sol, Wx: np.ndarray, Wu: np.ndarray) -> torch.Tensor:
@@ -263,7 +259,7 @@ def _torch_loss(sol, Wx: np.ndarray, Wu: np.ndarray) -> torch.Tensor:
 
 
 @dataclass
-class _Side:
+class Side:
     """One side's solution at the nominal values and its derivatives of L along each direction."""
 
     x: np.ndarray
@@ -274,20 +270,20 @@ class _Side:
     derivatives: dict[str, np.ndarray]           # name -> (D,)
 
 
-def _project_autograd(module, tensors, Wx, Wu) -> _Side:
+def project_autograd(module, tensors, Wx, Wu) -> Side:
     leaves = {t.name: torch.tensor(t.value).unsqueeze(0).requires_grad_(True) for t in tensors}
-    sol = _project_solve(module, tensors, leaves)
+    sol = project_solve(module, tensors, leaves)
     loss = _torch_loss(sol, Wx, Wu).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     derivatives = {}
     for t, g in zip(tensors, grads):
         g = np.zeros(t.value.size) if g is None else g[0].reshape(-1).numpy()
         derivatives[t.name] = t.directions @ g
-    return _Side(sol.x[0].detach().numpy(), sol.u[0].detach().numpy(), float(sol.cost[0].detach()),
+    return Side(sol.x[0].detach().numpy(), sol.u[0].detach().numpy(), float(sol.cost[0].detach()),
                  bool(sol.ok[0]), sol.status_names()[0], derivatives)
 
 
-def _perturbations(tensors: list[_Tensor], step: float):
+def _perturbations(tensors: list[CheckedTensor], step: float):
     """Every (tensor, direction j) pair: yields (tensor, j, step h, value + h d_j, value - h d_j)."""
     for t in tensors:
         for j, (d, scale) in enumerate(zip(t.directions, t.steps)):
@@ -314,7 +310,7 @@ def _project_fd(module, tensors, Wx, Wu, step: float) -> _FiniteDifferences:
         values[t.name][2 * p] = plus
         values[t.name][2 * p + 1] = minus
     with torch.no_grad():
-        sol = _project_solve(module, tensors, {k: torch.from_numpy(v) for k, v in values.items()})
+        sol = project_solve(module, tensors, {k: torch.from_numpy(v) for k, v in values.items()})
         loss = _torch_loss(sol, Wx, Wu).numpy()
     out = _FiniteDifferences(*({t.name: np.zeros(len(t.directions)) for t in tensors} for _ in range(3)))
     for p, (t, j, h, _, _) in enumerate(pairs):
@@ -335,7 +331,7 @@ def kink(forward: np.ndarray, backward: np.ndarray, mine: np.ndarray, tol: float
 
 
 def _reference(graph, tensors, Wx, Wu, opts: CheckOptions):
-    """(problem, nominal `Reference`, `_Side`) of the cvxpy reference; derivatives by central differences of re-solves."""
+    """(problem, nominal `Reference`, `Side`) of the cvxpy reference; derivatives by central differences of re-solves."""
     from compiler.lower import cvxpy_ref
 
     def solve(values):
@@ -357,7 +353,7 @@ def _reference(graph, tensors, Wx, Wu, opts: CheckOptions):
     for t, j, h, plus, minus in _perturbations(tensors, opts.reference_step):
         up, down = perturbed({**nominal, t.name: plus}), perturbed({**nominal, t.name: minus})
         derivatives[t.name][j] = (up - down) / (2 * h)
-    side = _Side(ref.x, ref.u, ref.cost, ref.ok, ref.status, derivatives)
+    side = Side(ref.x, ref.u, ref.cost, ref.ok, ref.status, derivatives)
     return problem, ref, side
 
 
@@ -399,13 +395,13 @@ def check_plan(plan, **options) -> CheckReport:
     tight = tight_options(module.solver, module.info.options)
     if tight:
         module = api.compile(plan, dtype=torch.float64, options=tight)
-    tensors = _tensors(module, opts.values or {})
+    tensors = checked_tensors(module, opts.values or {})
     rng = np.random.default_rng(opts.seed)
     T, n, m = module.horizon, module.layout.n, module.layout.m
     Wx, Wu = rng.standard_normal((T + 1, n)), rng.standard_normal((T, m))
-    _choose_directions(tensors, opts, rng)
+    choose_directions(tensors, opts, rng)
 
-    project = _project_autograd(module, tensors, Wx, Wu)
+    project = project_autograd(module, tensors, Wx, Wu)
     fd = _project_fd(module, tensors, Wx, Wu, opts.fd_step)
 
     problem = ref = reference = None
@@ -437,7 +433,7 @@ def check_plan(plan, **options) -> CheckReport:
     return CheckReport(module.plan_name, module.solver, rows, description, notes, time.perf_counter() - start)
 
 
-def _solution_rows(project: _Side, reference: _Side | None, problem, ref, opts: CheckOptions) -> list[Row]:
+def _solution_rows(project: Side, reference: Side | None, problem, ref, opts: CheckOptions) -> list[Row]:
     items = [("x", project.x, None if reference is None else reference.x),
              ("u", project.u, None if reference is None else reference.u),
              ("cost", np.array([project.cost]), None if reference is None else np.array([reference.cost]))]
@@ -469,7 +465,7 @@ def _solution_rows(project: _Side, reference: _Side | None, problem, ref, opts: 
     return rows
 
 
-def _gradient_rows(tensors: list[_Tensor], project: _Side, fd: _FiniteDifferences, reference: _Side | None,
+def _gradient_rows(tensors: list[CheckedTensor], project: Side, fd: _FiniteDifferences, reference: Side | None,
                    opts: CheckOptions) -> list[Row]:
     rows = []
     for t in tensors:

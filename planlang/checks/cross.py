@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from planlang import api
-from planlang.checking import CheckOptions, tight_options, _choose_directions, _project_autograd, _tensors, relative_error
+from planlang.checks.gradients import CheckOptions, tight_options, choose_directions, project_autograd, checked_tensors, relative_error
 
 
 @dataclass
@@ -84,11 +84,11 @@ def cross_check(plan, solvers: list[str] | None = None, tol: float = 1e-8, seed:
         if tight:
             module = api.compile(plan, dtype=torch.float64, solver=name, options=tight)
         if tensors is None:
-            tensors = _tensors(module, {})
-            _choose_directions(tensors, CheckOptions(), rng)
+            tensors = checked_tensors(module, {})
+            choose_directions(tensors, CheckOptions(), rng)
             T, n, m = module.horizon, module.layout.n, module.layout.m
             Wx, Wu = rng.standard_normal((T + 1, n)), rng.standard_normal((T, m))
-        sides[name] = _project_autograd(module, tensors, Wx, Wu)
+        sides[name] = project_autograd(module, tensors, Wx, Wu)
     report = CrossReport(plan.name, solvers[0], list(solvers), tol=tol)
     base = sides[solvers[0]]
     for name in solvers[1:]:
