@@ -182,7 +182,7 @@ PENDULUM = TrainConfig(epochs=10, batch_size=64, lr=0.05, momentum=0.9)
 PENDULUM_METHODS: Dict[str, Callable[[], ContinualPlugin]] = {
     "naive": Plugins,
     "ewc(lambda=100)": lambda: ewc(100.0),
-    "si(c=0.1)": lambda: si(0.1, 1e-3),
+    "si(c=0.01)": lambda: si(0.01, 1e-3),
     "distill(T=None, weight=1)": lambda: distill(None, 1.0),
     "replay(500)": lambda: replay(500),
     "replay(500) + distill": lambda: replay(500) + distill(None, 1.0),
