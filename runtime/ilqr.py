@@ -33,9 +33,17 @@ Forward (no autograd graph), per iteration, around the nominal trajectory (x̄, 
     step, mu <- max(mu * factor, mu_min) after a rejected one or an indefinite Q_uu (the
     backward pass is then redone), at most mu_max.
 
-An element converges (SOLVED) when its fixed-point residual ||k||_inf <= tol (default
-sqrt(eps) of the dtype), or, if cost_tol > 0, when the predicted relative decrease
--(dV1 + dV2) / max(1, |J̄|) <= cost_tol; it then stops changing.
+Convergence (one criterion, `converged_step`, for every caller): an element is SOLVED, and
+stops changing, when its model is positive definite with at most mu_min of regularization (a
+large mu shrinks k without the point being stationary; Tassa et al. require the same) and either
+    the step is small:   ||k||_inf <= tol * max(1, ||ū||_inf)             (relative, floor tol)
+    or the model predicts no further decrease:
+                         -(dV1 + dV2) <= cost_tol * max(1, |J̄|)          (relative, floor cost_tol)
+with defaults tol = sqrt(eps) and cost_tol = eps^(3/4) of the dtype (1.5e-8 and 1.8e-12 in
+float64; 3.5e-4 and 6.4e-6 in float32): the predicted decrease of a full step is quadratic in k,
+so the second test stops a solve whose cost has converged to rounding even where ||k|| stalls
+above tol (a poorly scaled control). `residual` reports ||k||_inf; cost_tol = 0 switches the
+second test off (tight solves for finite differences).
 Others end as MAX_ITERS after max_iters iterations, NOT_CONVEX when Q_uu stays indefinite at
 mu_max, NUMERICAL on NaN/Inf. No element is detached: every one is differentiated by the
 same formula, and its status says whether it is at a fixed point.
@@ -55,7 +63,9 @@ Backward (`ILQRBackward`):
   affine dynamics). Where this model is not positive definite on the free controls (an
   unconverged element, or a saddle point), that element uses the Gauss-Newton model without
   the curvature term instead, as mpc.pytorch does, so that its gradient stays finite.
-  NUMERICAL elements return NaN with zero gradient. It assumes strict complementarity (a
+  NUMERICAL elements return NaN in x, u and cost, with NaN gradients for their own inputs and
+  every shared parameter where the loss reads them, and none where the loss masks them
+  (the rule of every solver, as `runtime.lqr`). It assumes strict complementarity (a
   control at its bound is treated as clamped: zero sensitivity except through the bound
   itself, which receives a gradient). Cost: one extra quadratization with second derivatives
   of the dynamics, one Riccati factorization (two if some element falls back) and one solve;
@@ -72,6 +82,7 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from runtime.box_lqr import box_lqr_step, costates, factor_free
 from runtime.box_qp import BoxQPOptions, box_qp
@@ -92,8 +103,8 @@ class ILQROptions:
     """Iteration limit, stopping rule, line search, regularization schedule, backward mode."""
 
     max_iters: int = 50
-    tol: Optional[float] = None       # on ||k||_inf, the fixed-point residual; None: sqrt(eps)
-    cost_tol: float = 0.0             # on the predicted relative decrease of a full step
+    tol: Optional[float] = None       # relative step ||k|| / max(1, ||u||); None: sqrt(eps)
+    cost_tol: Optional[float] = None  # relative predicted decrease; None: eps^(3/4); 0: off
     line_search_steps: int = 10       # alphas 1, decay, ..., decay^(steps-1)
     step_decay: float = 0.5
     armijo: float = 1e-4
@@ -139,10 +150,14 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
         return _iterate(fns, x0, u_init, lo, hi, options).solution
     with torch.no_grad():
         result = _iterate(fns, x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
+    sol = result.solution
+    failed = sol.status == Status.NUMERICAL
     if not torch.is_grad_enabled():
-        return result.solution
+        x, u, cost = (torch.where(_rows(failed, y), torch.nan, y) for y in (sol.x, sol.u, sol.cost))
+        return sol._replace(x=x, u=u, cost=cost)
     x, u = _implicit_step(fns, x0, result, lo, hi)
-    return result.solution._replace(x=x, u=u, cost=fns.total_cost(x, u))
+    x, u, cost = _MarkFailed.apply(failed, x, u, fns.total_cost(x, u))
+    return sol._replace(x=x, u=u, cost=cost)
 
 
 class _Policy(NamedTuple):
@@ -171,8 +186,6 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
     iterations = torch.zeros_like(status)
     residual = torch.full_like(J, torch.nan)
     mu = torch.zeros_like(J)
-    eps = torch.finfo(J.dtype).eps
-    tol = eps ** 0.5 if options.tol is None else options.tol
 
     for it in range(options.max_iters + 1):
         model = fns.stage(x[:, :-1], u)
@@ -186,9 +199,8 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
         policy, mu = _regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
         res = policy.k.abs().flatten(1).amax(1)
         residual = torch.where(active, res, residual)
-        predicted = -(policy.dV1 + policy.dV2)
-        flat = predicted <= options.cost_tol * J.abs().clamp_min(1.0)
-        converged = policy.ok & ((res <= tol) | flat)
+        converged = (policy.ok & (mu <= options.mu_min)
+                     & converged_step(policy.k, u, policy.dV1 + policy.dV2, J, options))
         status = torch.where(active & ~policy.ok, int(Status.NOT_CONVEX), status)
         status = torch.where(active & converged, int(Status.SOLVED), status)
         active = active & policy.ok & ~converged
@@ -204,6 +216,18 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
 
     solution = ILQRSolution(x, u, J, status, iterations, residual)
     return _Result(solution, model, final)
+
+
+def converged_step(k: Tensor, u: Tensor, predicted_change: Tensor, J: Tensor,
+                   options: ILQROptions) -> Tensor:
+    """(B,) bool: the stopping rule of the module docstring for the step k (B, T, m) at the
+    nominal controls u (B, T, m) with cost J (B,) and predicted change dV1 + dV2 (B,)."""
+    eps = torch.finfo(J.dtype).eps
+    tol = eps ** 0.5 if options.tol is None else options.tol
+    cost_tol = eps ** 0.75 if options.cost_tol is None else options.cost_tol
+    small_step = k.abs().flatten(1).amax(1) <= tol * u.abs().flatten(1).amax(1).clamp_min(1.0)
+    flat = -predicted_change <= cost_tol * J.abs().clamp_min(1.0)
+    return small_step | (flat if cost_tol > 0 else torch.zeros_like(flat))
 
 
 def _rollout(fns: TrajectoryFunctions, x0: Tensor, u_ff: Tensor, lo: Optional[Tensor],
@@ -289,12 +313,13 @@ def _backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
         Q = torch.baddbmm(C_aug[t], F_aug_T[t], torch.bmm(V, F_aug[t]))
         Q_xx, Q_xu = Q[:, :n + 1, :n + 1], Q[:, :n + 1, n + 1:]
         Q_ux, Q_uu = Q[:, n + 1:, :n + 1], Q[:, n + 1:, n + 1:]
-        if lo is None:
-            L, info = torch.linalg.cholesky_ex(Q_uu + reg)
-            good = info == 0
-            inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
-            gain = -torch.bmm(inverse, Q_ux)                              # [K k]: (B, m, n+1)
-        else:
+        L, info = torch.linalg.cholesky_ex(Q_uu + reg)
+        good = info == 0
+        inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
+        gain = -torch.bmm(inverse, Q_ux)                                  # [K k]: (B, m, n+1)
+        if lo is not None and not bool((good[:, None] & (lo_step[t] < gain[..., n])
+                                        & (gain[..., n] < hi_step[t])).all()):
+            # Some unconstrained step leaves the box (or Q_uu is indefinite): solve the box QPs.
             qp = box_qp(Q_uu + reg, Q_ux[..., n], lo_step[t], hi_step[t], qp_options)
             good = qp.status <= Status.MAX_ITERS
             gain = torch.cat((-torch.bmm(qp.free_inverse, Q_ux[..., :n]), qp.x[..., None]), -1)
@@ -330,11 +355,38 @@ def _homogeneous(model: StageDerivatives, final: FinalDerivatives) -> tuple[Tens
     return C_aug, F_aug, V
 
 
+class _MarkFailed(torch.autograd.Function):
+    """Outputs (x, u, cost) with NaN on the failed rows (B,); backward: a failed row's incoming
+    gradients become NaN where the loss reads any of its outputs (a nonzero or NaN gradient)
+    and exactly 0 where it does not. Upstream of this, the failed rows were computed at a
+    finite placeholder, so the NaN reaches the row's own inputs and every shared parameter
+    when read, and nothing reaches anything when the loss masks the row
+    (`torch.where(sol.ok, sol.cost, 0)`, `sol.cost[sol.ok]`): the rule of `runtime.lqr`."""
+
+    @staticmethod
+    def forward(ctx, failed: Tensor, *outputs: Tensor):
+        ctx.save_for_backward(failed)
+        ctx.set_materialize_grads(False)
+        return tuple(torch.where(_rows(failed, y), torch.nan, y) for y in outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Optional[Tensor]):
+        (failed,) = ctx.saved_tensors
+        read = torch.zeros_like(failed)
+        for g in grads:
+            if g is not None:
+                read |= (g != 0).flatten(1).any(1) if g.dim() > 1 else g != 0
+        fill = torch.where(read, torch.nan, 0.0)
+        return (None,) + tuple(None if g is None else torch.where(_rows(failed, g), _rows(fill, g), g)
+                               for g in grads)
+
+
 def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
                    lo: Optional[Tensor], hi: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """(x*, u*) connected to x0, the bounds and the callables' parameters (module docstring).
-    NUMERICAL elements are modelled at a finite placeholder (zeros) so that no NaN enters the
-    graph, and returned as NaN with zero gradient."""
+    NUMERICAL elements are modelled at a finite placeholder (zeros), so that no NaN enters the
+    graph; `_MarkFailed` then turns them into NaN with the gradient rule of its docstring."""
     sol = result.solution
     bad = sol.status == Status.NUMERICAL
     x = torch.where(bad[:, None, None], 0.0, sol.x)
@@ -361,9 +413,7 @@ def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
     f = fns.next_states(x[:, :-1], u) - (model.F @ z[..., None]).squeeze(-1)
     c = model.g - (C @ z[..., None]).squeeze(-1)
     cT = final.g - (final.C @ x[:, -1, :, None]).squeeze(-1)
-    x, u = box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
-    return (torch.where(bad[:, None, None], torch.nan, x),
-            torch.where(bad[:, None, None], torch.nan, u))
+    return box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
 
 
 def _bounds(problem: ILQRProblem, u: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -394,6 +444,11 @@ def _check_shapes(x0: Tensor, u_init: Tensor) -> None:
 def _finite_per_element(*tensors: Tensor) -> Tensor:
     """(B,) True where every tensor's row b is finite."""
     return torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tensors]).all(0)
+
+
+def _rows(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) broadcastable against `like`."""
+    return v.view(-1, *[1] * (like.dim() - 1))
 
 
 def _detach(t: Optional[Tensor]) -> Optional[Tensor]:

@@ -12,9 +12,10 @@ import networkx as nx
 import torch
 
 from compiler import quadform as qf
-from compiler.codegen import NumericFunction
+from compiler.codegen import NumericFunction, StackedFunction
 from compiler.context import PlanInfo
 from compiler.evaluate import Env, evaluate
+from compiler.integrators import INTEGRATORS
 from compiler.layout import Layout
 from compiler.lower.quadratic import PlanParts, QuadraticData, extract, sum_costs
 from compiler.solution import Solution
@@ -112,6 +113,34 @@ class ILQRBackend(_Lowered):
     (1.2e-5 in float32): below that, rounding keeps the residual from ever reaching it.
     """
 
+    def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
+        super().__init__(graph, info, layout)
+        # Rollouts call the dynamics T times per line-search trial: one generated function of the
+        # stacked (x, u) for all states (and one for all stage / final costs) avoids per-call dicts.
+        n, offsets, slices = layout.n, layout.offsets(), {}
+        for var in layout.states + layout.controls:
+            s = offsets[var.ref]
+            vec, s = ("x", s) if s.start < n else ("u", slice(s.start - n, s.stop - n))
+            slices[var.ref] = (vec, s, var.shape == ())
+        states = layout.states
+        self._field = StackedFunction(tuple(self.transition.exprs[v.ref] for v in states),
+                                      tuple(v.size for v in states), slices, "dynamics")
+        self._stage = StackedFunction(tuple(self.stage_costs), (1,) * len(self.stage_costs), slices, "stage_costs")
+        self._final = StackedFunction(tuple(self.final_costs), (1,) * len(self.final_costs), slices, "final_costs")
+
+    def _callables(self, env: Env, like: torch.Tensor):
+        """(dynamics, stage_cost, final_cost) on stacked tensors with `env` bound."""
+        field, integrator = self._field.bind(env, like), self.transition.integrator
+        if integrator is None:
+            dynamics = field
+        else:
+            integrate, dt = INTEGRATORS[integrator[0]], integrator[1]
+            dynamics = lambda x, u: integrate(lambda s: {"x": field(s["x"], u)}, {"x": x}, dt)["x"]
+        stage, final = self._stage.bind(env, like), self._final.bind(env, like)
+        stage_cost = (lambda x, u: stage(x, u).sum(1)) if self.stage_costs else (lambda x, u: x.new_zeros(x.shape[0]))
+        final_cost = (lambda x: final(x, None).sum(1)) if self.final_costs else (lambda x: x.new_zeros(x.shape[0]))
+        return dynamics, stage_cost, final_cost
+
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
         batch, T, layout = x0.shape[0], self.horizon, self.layout
         opts = self.info.options
@@ -119,8 +148,7 @@ class ILQRBackend(_Lowered):
                               backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton")
 
         lower, upper = self._bounds(env, like)
-        problem = ILQRProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),
-                              lambda x: self.final_cost(env, x, like), lower, upper, self._exact(env, like))
+        problem = ILQRProblem(*self._callables(env, like), lower, upper, self._exact(env, like))
         u_init = warm if warm is not None else x0.new_zeros(batch, T, layout.m)
         sol = ilqr(problem, x0, u_init, options)
         return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual)
@@ -177,7 +205,9 @@ class ILQRBackend(_Lowered):
             _, L, H = self._cost_jet(self.final_costs, jets, like, nz, B)
             return L[:, :n], 2 * H[:, :n, :n]
 
-        return ExactDerivatives(dynamics_jacobian, stage_cost_derivatives, final_cost_derivatives, dynamics_curvature)
+        # The dynamics' Jacobian and curvature come from autodiff of the generated step (vmapped
+        # over all stages): 2-3x faster than composing jets through the integrator.
+        return ExactDerivatives(None, stage_cost_derivatives, final_cost_derivatives, None)
 
     def _next(self, jets, like) -> list[qf.Value]:
         nxt = self.transition(jets, like)
