@@ -86,6 +86,9 @@ from torch.autograd.function import once_differentiable
 
 from runtime.box_lqr import box_lqr_step, costates, factor_free
 from runtime.box_qp import BoxQPOptions, box_qp
+from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConstraint,
+                                      StageConstraint, derivative_costs, augmented_costs,
+                                      initial_multipliers, update)
 from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, FinalDerivatives,
                                       StageCost, StageDerivatives, TrajectoryFunctions)
 from runtime.status import Status
@@ -114,12 +117,15 @@ class ILQROptions:
     newton: bool = False              # add the dynamics curvature to the model (step 1)
     backward: ILQRBackward = ILQRBackward.IMPLICIT
     qp: BoxQPOptions = BoxQPOptions()
+    constraints: ConstraintOptions = ConstraintOptions()
 
 
 @dataclass(frozen=True)
 class ILQRProblem:
     """Callables and control limits; see the module docstring for the shapes. The callables
-    must be `torch.func`-transformable (vmap, grad) and row-wise over the batch."""
+    must be `torch.func`-transformable (vmap, grad) and row-wise over the batch. The optional
+    constraints c(x, u) <= 0 (B, p), h(x, u) = 0 (B, q), c_T(x) <= 0 (B, p_T), h_T(x) = 0
+    (B, q_T) are handled by the augmented Lagrangian of `runtime.ilqr_constraints`."""
 
     dynamics: Dynamics
     stage_cost: StageCost
@@ -127,6 +133,15 @@ class ILQRProblem:
     lower: Optional[Tensor] = None
     upper: Optional[Tensor] = None
     derivatives: ExactDerivatives = ExactDerivatives()
+    inequality: Optional[StageConstraint] = None
+    equality: Optional[StageConstraint] = None
+    final_inequality: Optional[FinalConstraint] = None
+    final_equality: Optional[FinalConstraint] = None
+
+    @property
+    def constraints(self) -> Constraints:
+        return Constraints(self.inequality, self.equality, self.final_inequality,
+                           self.final_equality)
 
 
 class ILQRSolution(NamedTuple):
@@ -136,6 +151,7 @@ class ILQRSolution(NamedTuple):
     status: Tensor       # (B,) int64  Status
     iterations: Tensor   # (B,) int64  iterations (backward pass + line search) taken
     residual: Tensor     # (B,)        ||k||_inf at (x, u): 0 at a fixed point
+    violation: Optional[Tensor] = None   # (B,) max constraint violation (0 without constraints)
 
 
 def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
@@ -145,17 +161,24 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
     fns = TrajectoryFunctions(problem.dynamics, problem.stage_cost, problem.final_cost,
                               problem.derivatives)
     lo, hi = _bounds(problem, u_init)
+    constrained = problem.constraints.any
     unroll = options.backward is ILQRBackward.UNROLL and torch.is_grad_enabled()
     if unroll:
-        return _iterate(fns, x0, u_init, lo, hi, options).solution
+        if constrained:
+            return _augmented_lagrangian(problem, fns, x0, u_init, lo, hi, options)[0].solution
+        return _with_violation(_iterate(fns, x0, u_init, lo, hi, options).solution)
     with torch.no_grad():
-        result = _iterate(fns, x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
-    sol = result.solution
+        args = (x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
+        if constrained:
+            result, derivative_fns = _augmented_lagrangian(problem, fns, *args)
+        else:
+            result, derivative_fns = _iterate(fns, *args), fns
+    sol = _with_violation(result.solution)
     failed = sol.status == Status.NUMERICAL
     if not torch.is_grad_enabled():
         x, u, cost = (torch.where(_rows(failed, y), torch.nan, y) for y in (sol.x, sol.u, sol.cost))
         return sol._replace(x=x, u=u, cost=cost)
-    x, u = _implicit_step(fns, x0, result, lo, hi)
+    x, u = _implicit_step(derivative_fns, x0, result, lo, hi)
     x, u, cost = _MarkFailed.apply(failed, x, u, fns.total_cost(x, u))
     return sol._replace(x=x, u=u, cost=cost)
 
@@ -216,6 +239,56 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
 
     solution = ILQRSolution(x, u, J, status, iterations, residual)
     return _Result(solution, model, final)
+
+
+def _with_violation(sol: ILQRSolution) -> ILQRSolution:
+    return sol if sol.violation is not None else sol._replace(violation=torch.zeros_like(sol.cost))
+
+
+def _augmented_lagrangian(problem: ILQRProblem, fns: TrajectoryFunctions, x0: Tensor,
+                          u_init: Tensor, lo: Optional[Tensor], hi: Optional[Tensor],
+                          options: ILQROptions) -> tuple[_Result, TrajectoryFunctions]:
+    """Constrained iLQR (`runtime.ilqr_constraints`): box-iLQR on the augmented Lagrangian,
+    then multiplier and penalty updates, until every element's inner solve is SOLVED with
+    violation <= tol (or fails, or max_outer). Returns the last inner result, with the
+    problem's own cost, the total iterations, the violation and the final status (SOLVED,
+    CONSTRAINT_VIOLATION where the violation stays above tol, else the inner status), and the
+    functions whose stationary point the implicit backward differentiates."""
+    constraints, copts = problem.constraints, options.constraints
+    exact = ExactDerivatives(problem.derivatives.dynamics_jacobian, None, None,
+                             problem.derivatives.dynamics_curvature)
+    x, u = _rollout(fns, x0, u_init, lo, hi)
+    eps = torch.finfo(x0.dtype).eps
+    tol = eps ** 0.5 if copts.tol is None else copts.tol
+    mult = initial_multipliers(constraints, x, u, copts.penalty)
+    B = x0.shape[0]
+    done = torch.zeros(B, dtype=torch.bool, device=x0.device)
+    iterations = torch.zeros(B, dtype=torch.int64, device=x0.device)
+    for _ in range(copts.max_outer):
+        stage, final, w = augmented_costs(problem.stage_cost, problem.final_cost, constraints, mult)
+        result = _iterate(TrajectoryFunctions(problem.dynamics, stage, final, exact, w),
+                          x0, u, lo, hi, options)
+        sol = result.solution
+        u = sol.u
+        iterations = iterations + torch.where(done, 0, sol.iterations)
+        violation = constraints.violation(sol.x, sol.u)
+        failed = (sol.status == Status.NUMERICAL) | (sol.status == Status.NOT_CONVEX)
+        met = (sol.status == Status.SOLVED) & (violation <= tol)
+        mult = update(constraints, mult, sol.x, sol.u, ~done & ~met & ~failed, violation, tol, copts)
+        done = done | met | failed
+        if bool(done.all()):
+            break
+    status = torch.where((sol.status == Status.SOLVED) & (violation > tol),
+                         int(Status.CONSTRAINT_VIOLATION), sol.status)
+    rho_d = eps ** -0.5 if copts.derivative_penalty is None else copts.derivative_penalty
+    stage, final, w = derivative_costs(problem.stage_cost, problem.final_cost, constraints, mult,
+                                       sol.x, sol.u, rho_d)
+    derivative_fns = TrajectoryFunctions(problem.dynamics, stage, final, exact, w)
+    model = derivative_fns.stage(sol.x[:, :-1], sol.u)
+    final_model = derivative_fns.final(sol.x[:, -1])
+    solution = sol._replace(cost=fns.total_cost(sol.x, sol.u), status=status,
+                            iterations=iterations, violation=violation)
+    return _Result(solution, model, final_model), derivative_fns
 
 
 def converged_step(k: Tensor, u: Tensor, predicted_change: Tensor, J: Tensor,
