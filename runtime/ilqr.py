@@ -386,13 +386,15 @@ def _backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
         Q = torch.baddbmm(C_aug[t], F_aug_T[t], torch.bmm(V, F_aug[t]))
         Q_xx, Q_xu = Q[:, :n + 1, :n + 1], Q[:, :n + 1, n + 1:]
         Q_ux, Q_uu = Q[:, n + 1:, :n + 1], Q[:, n + 1:, n + 1:]
-        L, info = torch.linalg.cholesky_ex(Q_uu + reg)
-        good = info == 0
-        inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
-        gain = -torch.bmm(inverse, Q_ux)                                  # [K k]: (B, m, n+1)
-        if lo is not None and not bool((good[:, None] & (lo_step[t] < gain[..., n])
-                                        & (gain[..., n] < hi_step[t])).all()):
-            # Some unconstrained step leaves the box (or Q_uu is indefinite): solve the box QPs.
+        if lo is None or m > 1:
+            L, info = torch.linalg.cholesky_ex(Q_uu + reg)
+            good = info == 0
+            inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
+            gain = -torch.bmm(inverse, Q_ux)                              # [K k]: (B, m, n+1)
+        if lo is not None and (m == 1 or not bool((good[:, None] & (lo_step[t] < gain[..., n])
+                                                   & (gain[..., n] < hi_step[t])).all())):
+            # One control (closed form), or some unconstrained step leaves the box (or Q_uu is
+            # indefinite): solve the box QPs.
             qp = box_qp(Q_uu + reg, Q_ux[..., n], lo_step[t], hi_step[t], qp_options)
             good = qp.status <= Status.MAX_ITERS
             gain = torch.cat((-torch.bmm(qp.free_inverse, Q_ux[..., :n]), qp.x[..., None]), -1)
