@@ -171,7 +171,7 @@ class ILQRBackend(_Lowered):
         return cat(lows), cat(highs)
 
     def _exact(self, env: Env, like) -> ExactDerivatives:
-        """Jacobians, gradients, Hessians and dynamics curvature of all stages at once, from jets."""
+        """Cost gradients and Hessians of all stages at once, from jets (the dynamics' are autodiff)."""
         layout, nz, n = self.layout, self.layout.n + self.layout.m, self.layout.n
 
         def flat_env(batch: int, steps: int) -> Env:
@@ -181,18 +181,6 @@ class ILQRBackend(_Lowered):
         def stage_jets(x, u):
             B, T = x.shape[:2]
             return {**flat_env(B, T), **layout.jets(x.reshape(B * T, -1), u.reshape(B * T, -1))}, (B, T)
-
-        def dynamics_jacobian(x, u):
-            jets, (B, T) = stage_jets(x, u)
-            rows = [qf.coefficients(qf.pad_rank(v, 1), nz)[1] for v in self._next(jets, like)]
-            F = torch.cat([r.expand(B * T, -1, -1) for r in rows], dim=2).transpose(1, 2)
-            return F.reshape(B, T, n, nz)
-
-        def dynamics_curvature(x, u, lam):
-            jets, (B, T) = stage_jets(x, u)
-            H = torch.cat([qf.coefficients(qf.pad_rank(v, 1), nz)[2].expand(B * T, -1, -1, -1)
-                           for v in self._next(jets, like)], dim=3)
-            return 2 * torch.einsum("bijk,bk->bij", H, lam.reshape(B * T, n)).reshape(B, T, nz, nz)
 
         def stage_cost_derivatives(x, u):
             jets, (B, T) = stage_jets(x, u)
@@ -208,10 +196,6 @@ class ILQRBackend(_Lowered):
         # The dynamics' Jacobian and curvature come from autodiff of the generated step (vmapped
         # over all stages): 2-3x faster than composing jets through the integrator.
         return ExactDerivatives(None, stage_cost_derivatives, final_cost_derivatives, None)
-
-    def _next(self, jets, like) -> list[qf.Value]:
-        nxt = self.transition(jets, like)
-        return [nxt[var.ref] for var in self.layout.states]
 
     @staticmethod
     def _cost_jet(exprs, jets, like, nz: int, rows: int):
