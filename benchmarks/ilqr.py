@@ -187,13 +187,16 @@ def budgets(task: Task):
     line_search = dict(step_decay=env.linesearch_decay, line_search_steps=env.max_linesearch_iter)
     # Fixed budget: never stop early and accept any step that does not increase the cost, as
     # mpc.pytorch does with eps = 0.
-    fixed = dict(tol=0.0, armijo=0.0, **line_search)
-    # mpc.pytorch stops when every ||u_new - u||_2 < eps (full step); our ||k||_inf <= eps /
-    # sqrt(T m) is at least as strict.
-    tol = 1e-2 / (task.T * env.n_ctrl) ** 0.5
+    fixed = dict(tol=0.0, cost_tol=0.0, armijo=0.0, **line_search)
+    # mpc.pytorch stops when every ||u_new - u||_2 < eps (full step); our relative step test
+    # ||k||_inf <= tol max(1, ||u||_inf) with tol = eps / (sqrt(T m) max(1, |limit|)) is at
+    # least as strict (no cost test).
+    limit = max(1.0, abs(float(env.lower)), abs(float(env.upper)))
+    tol = 1e-2 / ((task.T * env.n_ctrl) ** 0.5 * limit)
     return [("fixed 10 iters", 10, 0.0, ILQROptions(max_iters=10, **fixed)),
             ("fixed 30 iters", 30, 0.0, ILQROptions(max_iters=30, **fixed)),
-            ("<=50 iters, eps 1e-2", 50, 1e-2, ILQROptions(max_iters=50, tol=tol, **line_search))]
+            ("<=50 iters, eps 1e-2", 50, 1e-2,
+             ILQROptions(max_iters=50, tol=tol, cost_tol=0.0, **line_search))]
 
 
 def gradient_check(mpc, task: Task, q, p, backward: ILQRBackward):
@@ -202,7 +205,7 @@ def gradient_check(mpc, task: Task, q, p, backward: ILQRBackward):
     task = Task(task.name, task.env, task.dynamics, task.x0[:4], task.T)
     line_search = dict(step_decay=task.env.linesearch_decay,
                        line_search_steps=task.env.max_linesearch_iter)
-    tight = ILQROptions(max_iters=500, tol=1e-10, backward=backward, **line_search)
+    tight = ILQROptions(max_iters=500, tol=1e-10, cost_tol=0.0, backward=backward, **line_search)
     _, _, (_, _, ours), sol = run_ours(task, tight, q, p, exact_cost=True)
     _, _, (_, _, theirs) = run_anchor(mpc, task, 200, 1e-9, q, p)
     direction = torch.randn(p.shape, generator=torch.Generator().manual_seed(1))

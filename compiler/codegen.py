@@ -21,32 +21,51 @@ _BINARY = {Op.ADD: "{} + {}", Op.SUB: "{} - {}", Op.MUL: "{} * {}", Op.DIV: "{} 
 
 
 class NumericFunction:
-    """`fn(values: dict[VarRef, Tensor]) -> Tensor` compiled from one typed expression."""
+    """`fn(values: dict[VarRef, Tensor]) -> Tensor` compiled from one typed expression.
 
-    def __init__(self, expr: Expr, name: str = "expr"):
+    `stacked` makes it a function of stacked decision vectors instead (see `StackedFunction`).
+    """
+
+    def __init__(self, expr: Expr | tuple[Expr, ...], name: str = "expr",
+                 stacked: tuple[dict[VarRef, str], tuple[int, ...]] | None = None):
         self.expr = expr
-        blocks = {e.attr.ref for e in expr.walk() if e.op is Op.CALL and e.attr.is_block}
-        self.variables: list = sorted(expr.variables() | blocks, key=str)     # VarRefs and BlockRefs
+        exprs = expr if isinstance(expr, tuple) else (expr,)
+        found: set = set().union(*(e.variables() for e in exprs))
+        found |= {e.attr.ref for x in exprs for e in x.walk() if e.op is Op.CALL and e.attr.is_block}
+        decision = {} if stacked is None else stacked[0]
+        self.variables: list = sorted(found - set(decision), key=str)      # VarRefs and BlockRefs
+        self._decision = {ref: code for ref, code in decision.items() if ref in found}
         self._consts: list[torch.Tensor] = []
         self._calls: list[Callable] = []
         self._lines: list[str] = []
         self._memo: dict[tuple, str] = {}
-        result = self._emit(expr)
-        args = ", ".join(f"v{i}" for i in range(len(self.variables)))
+        results = [self._emit(e) for e in exprs]
+        args = [f"v{i}" for i in range(len(self.variables))]
+        if stacked is None:
+            result = results[0]
+        else:
+            args = ["x", "u"] + args
+            rows = [f"{r}.reshape({r}.shape[0], -1).expand(x.shape[0], {size})"
+                    for r, size in zip(results, stacked[1])]
+            result = f"torch.cat(({', '.join(rows)},), 1)"
         body = "\n".join(self._lines + [f"    return {result}"])
-        self.source = f"def {name}({args}{', ' if args else ''}K, CALL):\n{body}\n"
+        self.source = f"def {name}({', '.join(args + ['K', 'CALL'])}):\n{body}\n"
         scope = {"torch": torch}
         exec(compile(self.source, f"<planlang:{name}>", "exec"), scope)
         self._fn = scope[name]
         self._cache: dict[tuple, tuple] = {}
 
     def __call__(self, values: dict[VarRef, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        return self._fn(*[values[v] for v in self.variables], self.constants(like), self._calls)
+
+    def constants(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The folded constants in `like`'s dtype and device (cached), batch-first (1, ...)."""
         key = (like.dtype, like.device)
         consts = self._cache.get(key)
         if consts is None:
             consts = self._cache[key] = tuple(c.to(dtype=like.dtype, device=like.device).unsqueeze(0)
                                               for c in self._consts)
-        return self._fn(*[values[v] for v in self.variables], consts, self._calls)
+        return consts
 
     def as_source(self) -> str:
         return self.source
@@ -54,6 +73,11 @@ class NumericFunction:
     # ------------------------------------------------------------------ emission
     def _emit(self, e: Expr) -> str:
         if e.op is Op.VAR:
+            if e.attr in self._decision:
+                key = (Op.VAR, e.attr)
+                if key not in self._memo:
+                    self._memo[key] = self._line(self._decision[e.attr], e)
+                return self._memo[key]
             return f"v{self.variables.index(e.attr)}"
         if e.op is Op.CONST:
             key = (Op.CONST, e.shape, tuple(e.attr.flatten().tolist()))
@@ -127,3 +151,28 @@ def _matmul(args: list[str], a: tuple, b: tuple) -> str:
     if len(a) == 1 and len(b) == 2:
         return f"torch.matmul({x}.unsqueeze(-2), {y}).squeeze(-2)"
     return f"torch.matmul({x}, {y})"
+
+
+class StackedFunction:
+    """`fn(x (B, n), u (B, m), env) -> (B, sum(sizes))`: several expressions of the states and
+    controls generated as ONE straight-line function (common sub-expressions shared across them)
+    that slices the stacked decision vectors itself and returns the results side by side, each
+    flattened and broadcast to (B, size). Hot loops (rollouts) call it without building a dict
+    of named values per call.
+
+    slices: VarRef -> ("x" | "u", slice, scalar) locating every decision variable.
+    """
+
+    def __init__(self, exprs: tuple[Expr, ...], sizes: tuple[int, ...],
+                 slices: dict[VarRef, tuple[str, slice, bool]], name: str = "stacked"):
+        decision = {ref: f"{vec}[:, {s.start}]" if scalar else f"{vec}[:, {s.start}:{s.stop}]"
+                    for ref, (vec, s, scalar) in slices.items()}
+        self._numeric = NumericFunction(tuple(exprs), name, stacked=(decision, tuple(sizes)))
+        self.variables = self._numeric.variables
+        self.source = self._numeric.source
+
+    def bind(self, env: dict[VarRef, torch.Tensor], like: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(x, u) -> (B, sum(sizes)) with the non-decision values taken from `env` once."""
+        fn, calls = self._numeric._fn, self._numeric._calls
+        bound = [env[v] for v in self.variables] + [self._numeric.constants(like), calls]
+        return lambda x, u: fn(x, u, *bound)

@@ -24,6 +24,7 @@ class Solution:
     solver: str
     iterations: torch.Tensor | None = None
     residual: torch.Tensor | None = None
+    violation: torch.Tensor | None = None       # (B,) max constraint violation (iLQR with constraints)
     layout: dict[str, tuple[str, slice, tuple[int, ...]]] = field(default_factory=dict, repr=False)
 
     @property

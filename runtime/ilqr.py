@@ -33,9 +33,17 @@ Forward (no autograd graph), per iteration, around the nominal trajectory (x̄, 
     step, mu <- max(mu * factor, mu_min) after a rejected one or an indefinite Q_uu (the
     backward pass is then redone), at most mu_max.
 
-An element converges (SOLVED) when its fixed-point residual ||k||_inf <= tol (default
-sqrt(eps) of the dtype), or, if cost_tol > 0, when the predicted relative decrease
--(dV1 + dV2) / max(1, |J̄|) <= cost_tol; it then stops changing.
+Convergence (one criterion, `converged_step`, for every caller): an element is SOLVED, and
+stops changing, when its model is positive definite with at most mu_min of regularization (a
+large mu shrinks k without the point being stationary; Tassa et al. require the same) and either
+    the step is small:   ||k||_inf <= tol * max(1, ||ū||_inf)             (relative, floor tol)
+    or the model predicts no further decrease:
+                         -(dV1 + dV2) <= cost_tol * max(1, |J̄|)          (relative, floor cost_tol)
+with defaults tol = sqrt(eps) and cost_tol = eps^(3/4) of the dtype (1.5e-8 and 1.8e-12 in
+float64; 3.5e-4 and 6.4e-6 in float32): the predicted decrease of a full step is quadratic in k,
+so the second test stops a solve whose cost has converged to rounding even where ||k|| stalls
+above tol (a poorly scaled control). `residual` reports ||k||_inf; cost_tol = 0 switches the
+second test off (tight solves for finite differences).
 Others end as MAX_ITERS after max_iters iterations, NOT_CONVEX when Q_uu stays indefinite at
 mu_max, NUMERICAL on NaN/Inf. No element is detached: every one is differentiated by the
 same formula, and its status says whether it is at a fixed point.
@@ -55,7 +63,9 @@ Backward (`ILQRBackward`):
   affine dynamics). Where this model is not positive definite on the free controls (an
   unconverged element, or a saddle point), that element uses the Gauss-Newton model without
   the curvature term instead, as mpc.pytorch does, so that its gradient stays finite.
-  NUMERICAL elements return NaN with zero gradient. It assumes strict complementarity (a
+  NUMERICAL elements return NaN in x, u and cost, with NaN gradients for their own inputs and
+  every shared parameter where the loss reads them, and none where the loss masks them
+  (the rule of every solver, as `runtime.lqr`). It assumes strict complementarity (a
   control at its bound is treated as clamped: zero sensitivity except through the bound
   itself, which receives a gradient). Cost: one extra quadratization with second derivatives
   of the dynamics, one Riccati factorization (two if some element falls back) and one solve;
@@ -72,9 +82,13 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from runtime.box_lqr import box_lqr_step, costates, factor_free
 from runtime.box_qp import BoxQPOptions, box_qp
+from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConstraint,
+                                      StageConstraint, derivative_costs, augmented_costs,
+                                      initial_multipliers, update)
 from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, FinalDerivatives,
                                       StageCost, StageDerivatives, TrajectoryFunctions)
 from runtime.status import Status
@@ -92,8 +106,8 @@ class ILQROptions:
     """Iteration limit, stopping rule, line search, regularization schedule, backward mode."""
 
     max_iters: int = 50
-    tol: Optional[float] = None       # on ||k||_inf, the fixed-point residual; None: sqrt(eps)
-    cost_tol: float = 0.0             # on the predicted relative decrease of a full step
+    tol: Optional[float] = None       # relative step ||k|| / max(1, ||u||); None: sqrt(eps)
+    cost_tol: Optional[float] = None  # relative predicted decrease; None: eps^(3/4); 0: off
     line_search_steps: int = 10       # alphas 1, decay, ..., decay^(steps-1)
     step_decay: float = 0.5
     armijo: float = 1e-4
@@ -103,12 +117,15 @@ class ILQROptions:
     newton: bool = False              # add the dynamics curvature to the model (step 1)
     backward: ILQRBackward = ILQRBackward.IMPLICIT
     qp: BoxQPOptions = BoxQPOptions()
+    constraints: ConstraintOptions = ConstraintOptions()
 
 
 @dataclass(frozen=True)
 class ILQRProblem:
     """Callables and control limits; see the module docstring for the shapes. The callables
-    must be `torch.func`-transformable (vmap, grad) and row-wise over the batch."""
+    must be `torch.func`-transformable (vmap, grad) and row-wise over the batch. The optional
+    constraints c(x, u) <= 0 (B, p), h(x, u) = 0 (B, q), c_T(x) <= 0 (B, p_T), h_T(x) = 0
+    (B, q_T) are handled by the augmented Lagrangian of `runtime.ilqr_constraints`."""
 
     dynamics: Dynamics
     stage_cost: StageCost
@@ -116,6 +133,15 @@ class ILQRProblem:
     lower: Optional[Tensor] = None
     upper: Optional[Tensor] = None
     derivatives: ExactDerivatives = ExactDerivatives()
+    inequality: Optional[StageConstraint] = None
+    equality: Optional[StageConstraint] = None
+    final_inequality: Optional[FinalConstraint] = None
+    final_equality: Optional[FinalConstraint] = None
+
+    @property
+    def constraints(self) -> Constraints:
+        return Constraints(self.inequality, self.equality, self.final_inequality,
+                           self.final_equality)
 
 
 class ILQRSolution(NamedTuple):
@@ -125,6 +151,7 @@ class ILQRSolution(NamedTuple):
     status: Tensor       # (B,) int64  Status
     iterations: Tensor   # (B,) int64  iterations (backward pass + line search) taken
     residual: Tensor     # (B,)        ||k||_inf at (x, u): 0 at a fixed point
+    violation: Optional[Tensor] = None   # (B,) max constraint violation (0 without constraints)
 
 
 def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
@@ -134,15 +161,26 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
     fns = TrajectoryFunctions(problem.dynamics, problem.stage_cost, problem.final_cost,
                               problem.derivatives)
     lo, hi = _bounds(problem, u_init)
+    constrained = problem.constraints.any
     unroll = options.backward is ILQRBackward.UNROLL and torch.is_grad_enabled()
     if unroll:
-        return _iterate(fns, x0, u_init, lo, hi, options).solution
+        if constrained:
+            return _augmented_lagrangian(problem, fns, x0, u_init, lo, hi, options)[0].solution
+        return _with_violation(_iterate(fns, x0, u_init, lo, hi, options).solution)
     with torch.no_grad():
-        result = _iterate(fns, x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
+        args = (x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
+        if constrained:
+            result, derivative_fns = _augmented_lagrangian(problem, fns, *args)
+        else:
+            result, derivative_fns = _iterate(fns, *args), fns
+    sol = _with_violation(result.solution)
+    failed = sol.status == Status.NUMERICAL
     if not torch.is_grad_enabled():
-        return result.solution
-    x, u = _implicit_step(fns, x0, result, lo, hi)
-    return result.solution._replace(x=x, u=u, cost=fns.total_cost(x, u))
+        x, u, cost = (torch.where(_rows(failed, y), torch.nan, y) for y in (sol.x, sol.u, sol.cost))
+        return sol._replace(x=x, u=u, cost=cost)
+    x, u = _implicit_step(derivative_fns, x0, result, lo, hi)
+    x, u, cost = _MarkFailed.apply(failed, x, u, fns.total_cost(x, u))
+    return sol._replace(x=x, u=u, cost=cost)
 
 
 class _Policy(NamedTuple):
@@ -171,8 +209,6 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
     iterations = torch.zeros_like(status)
     residual = torch.full_like(J, torch.nan)
     mu = torch.zeros_like(J)
-    eps = torch.finfo(J.dtype).eps
-    tol = eps ** 0.5 if options.tol is None else options.tol
 
     for it in range(options.max_iters + 1):
         model = fns.stage(x[:, :-1], u)
@@ -186,9 +222,8 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
         policy, mu = _regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
         res = policy.k.abs().flatten(1).amax(1)
         residual = torch.where(active, res, residual)
-        predicted = -(policy.dV1 + policy.dV2)
-        flat = predicted <= options.cost_tol * J.abs().clamp_min(1.0)
-        converged = policy.ok & ((res <= tol) | flat)
+        converged = (policy.ok & (mu <= options.mu_min)
+                     & converged_step(policy.k, u, policy.dV1 + policy.dV2, J, options))
         status = torch.where(active & ~policy.ok, int(Status.NOT_CONVEX), status)
         status = torch.where(active & converged, int(Status.SOLVED), status)
         active = active & policy.ok & ~converged
@@ -204,6 +239,68 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
 
     solution = ILQRSolution(x, u, J, status, iterations, residual)
     return _Result(solution, model, final)
+
+
+def _with_violation(sol: ILQRSolution) -> ILQRSolution:
+    return sol if sol.violation is not None else sol._replace(violation=torch.zeros_like(sol.cost))
+
+
+def _augmented_lagrangian(problem: ILQRProblem, fns: TrajectoryFunctions, x0: Tensor,
+                          u_init: Tensor, lo: Optional[Tensor], hi: Optional[Tensor],
+                          options: ILQROptions) -> tuple[_Result, TrajectoryFunctions]:
+    """Constrained iLQR (`runtime.ilqr_constraints`): box-iLQR on the augmented Lagrangian,
+    then multiplier and penalty updates, until every element's inner solve is SOLVED with
+    violation <= tol (or fails, or max_outer). Returns the last inner result, with the
+    problem's own cost, the total iterations, the violation and the final status (SOLVED,
+    CONSTRAINT_VIOLATION where the violation stays above tol, else the inner status), and the
+    functions whose stationary point the implicit backward differentiates."""
+    constraints, copts = problem.constraints, options.constraints
+    exact = ExactDerivatives(problem.derivatives.dynamics_jacobian, None, None,
+                             problem.derivatives.dynamics_curvature)
+    x, u = _rollout(fns, x0, u_init, lo, hi)
+    eps = torch.finfo(x0.dtype).eps
+    tol = eps ** 0.5 if copts.tol is None else copts.tol
+    mult = initial_multipliers(constraints, x, u, copts.penalty)
+    B = x0.shape[0]
+    done = torch.zeros(B, dtype=torch.bool, device=x0.device)
+    iterations = torch.zeros(B, dtype=torch.int64, device=x0.device)
+    for _ in range(copts.max_outer):
+        stage, final, w = augmented_costs(problem.stage_cost, problem.final_cost, constraints, mult)
+        result = _iterate(TrajectoryFunctions(problem.dynamics, stage, final, exact, w),
+                          x0, u, lo, hi, options)
+        sol = result.solution
+        u = sol.u
+        iterations = iterations + torch.where(done, 0, sol.iterations)
+        violation = constraints.violation(sol.x, sol.u)
+        failed = (sol.status == Status.NUMERICAL) | (sol.status == Status.NOT_CONVEX)
+        met = (sol.status == Status.SOLVED) & (violation <= tol)
+        mult = update(constraints, mult, sol.x, sol.u, ~done & ~met & ~failed, violation, tol, copts)
+        done = done | met | failed
+        if bool(done.all()):
+            break
+    status = torch.where((sol.status == Status.SOLVED) & (violation > tol),
+                         int(Status.CONSTRAINT_VIOLATION), sol.status)
+    rho_d = eps ** -0.5 if copts.derivative_penalty is None else copts.derivative_penalty
+    stage, final, w = derivative_costs(problem.stage_cost, problem.final_cost, constraints, mult,
+                                       sol.x, sol.u, rho_d)
+    derivative_fns = TrajectoryFunctions(problem.dynamics, stage, final, exact, w)
+    model = derivative_fns.stage(sol.x[:, :-1], sol.u)
+    final_model = derivative_fns.final(sol.x[:, -1])
+    solution = sol._replace(cost=fns.total_cost(sol.x, sol.u), status=status,
+                            iterations=iterations, violation=violation)
+    return _Result(solution, model, final_model), derivative_fns
+
+
+def converged_step(k: Tensor, u: Tensor, predicted_change: Tensor, J: Tensor,
+                   options: ILQROptions) -> Tensor:
+    """(B,) bool: the stopping rule of the module docstring for the step k (B, T, m) at the
+    nominal controls u (B, T, m) with cost J (B,) and predicted change dV1 + dV2 (B,)."""
+    eps = torch.finfo(J.dtype).eps
+    tol = eps ** 0.5 if options.tol is None else options.tol
+    cost_tol = eps ** 0.75 if options.cost_tol is None else options.cost_tol
+    small_step = k.abs().flatten(1).amax(1) <= tol * u.abs().flatten(1).amax(1).clamp_min(1.0)
+    flat = -predicted_change <= cost_tol * J.abs().clamp_min(1.0)
+    return small_step | (flat if cost_tol > 0 else torch.zeros_like(flat))
 
 
 def _rollout(fns: TrajectoryFunctions, x0: Tensor, u_ff: Tensor, lo: Optional[Tensor],
@@ -289,12 +386,15 @@ def _backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
         Q = torch.baddbmm(C_aug[t], F_aug_T[t], torch.bmm(V, F_aug[t]))
         Q_xx, Q_xu = Q[:, :n + 1, :n + 1], Q[:, :n + 1, n + 1:]
         Q_ux, Q_uu = Q[:, n + 1:, :n + 1], Q[:, n + 1:, n + 1:]
-        if lo is None:
+        if lo is None or m > 1:
             L, info = torch.linalg.cholesky_ex(Q_uu + reg)
             good = info == 0
             inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
             gain = -torch.bmm(inverse, Q_ux)                              # [K k]: (B, m, n+1)
-        else:
+        if lo is not None and (m == 1 or not bool((good[:, None] & (lo_step[t] < gain[..., n])
+                                                   & (gain[..., n] < hi_step[t])).all())):
+            # One control (closed form), or some unconstrained step leaves the box (or Q_uu is
+            # indefinite): solve the box QPs.
             qp = box_qp(Q_uu + reg, Q_ux[..., n], lo_step[t], hi_step[t], qp_options)
             good = qp.status <= Status.MAX_ITERS
             gain = torch.cat((-torch.bmm(qp.free_inverse, Q_ux[..., :n]), qp.x[..., None]), -1)
@@ -330,11 +430,38 @@ def _homogeneous(model: StageDerivatives, final: FinalDerivatives) -> tuple[Tens
     return C_aug, F_aug, V
 
 
+class _MarkFailed(torch.autograd.Function):
+    """Outputs (x, u, cost) with NaN on the failed rows (B,); backward: a failed row's incoming
+    gradients become NaN where the loss reads any of its outputs (a nonzero or NaN gradient)
+    and exactly 0 where it does not. Upstream of this, the failed rows were computed at a
+    finite placeholder, so the NaN reaches the row's own inputs and every shared parameter
+    when read, and nothing reaches anything when the loss masks the row
+    (`torch.where(sol.ok, sol.cost, 0)`, `sol.cost[sol.ok]`): the rule of `runtime.lqr`."""
+
+    @staticmethod
+    def forward(ctx, failed: Tensor, *outputs: Tensor):
+        ctx.save_for_backward(failed)
+        ctx.set_materialize_grads(False)
+        return tuple(torch.where(_rows(failed, y), torch.nan, y) for y in outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Optional[Tensor]):
+        (failed,) = ctx.saved_tensors
+        read = torch.zeros_like(failed)
+        for g in grads:
+            if g is not None:
+                read |= (g != 0).flatten(1).any(1) if g.dim() > 1 else g != 0
+        fill = torch.where(read, torch.nan, 0.0)
+        return (None,) + tuple(None if g is None else torch.where(_rows(failed, g), _rows(fill, g), g)
+                               for g in grads)
+
+
 def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
                    lo: Optional[Tensor], hi: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """(x*, u*) connected to x0, the bounds and the callables' parameters (module docstring).
-    NUMERICAL elements are modelled at a finite placeholder (zeros) so that no NaN enters the
-    graph, and returned as NaN with zero gradient."""
+    NUMERICAL elements are modelled at a finite placeholder (zeros), so that no NaN enters the
+    graph; `_MarkFailed` then turns them into NaN with the gradient rule of its docstring."""
     sol = result.solution
     bad = sol.status == Status.NUMERICAL
     x = torch.where(bad[:, None, None], 0.0, sol.x)
@@ -361,9 +488,7 @@ def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
     f = fns.next_states(x[:, :-1], u) - (model.F @ z[..., None]).squeeze(-1)
     c = model.g - (C @ z[..., None]).squeeze(-1)
     cT = final.g - (final.C @ x[:, -1, :, None]).squeeze(-1)
-    x, u = box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
-    return (torch.where(bad[:, None, None], torch.nan, x),
-            torch.where(bad[:, None, None], torch.nan, u))
+    return box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
 
 
 def _bounds(problem: ILQRProblem, u: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -394,6 +519,11 @@ def _check_shapes(x0: Tensor, u_init: Tensor) -> None:
 def _finite_per_element(*tensors: Tensor) -> Tensor:
     """(B,) True where every tensor's row b is finite."""
     return torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tensors]).all(0)
+
+
+def _rows(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) broadcastable against `like`."""
+    return v.view(-1, *[1] * (like.dim() - 1))
 
 
 def _detach(t: Optional[Tensor]) -> Optional[Tensor]:

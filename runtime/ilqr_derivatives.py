@@ -11,6 +11,10 @@ independent, so a Jacobian of all B rows costs one vector-Jacobian product per o
 coordinate, with the cotangent e_i placed on every row (and a Hessian one more vector-Jacobian
 product of the gradient function, reverse-over-reverse): no Python loop over batch or time.
 
+With `stage_data` (B, T, d), the stage cost is called as stage_cost(x, u, data_t) with the
+stage's row data_t (B, d) (per-stage weights such as the multipliers of an augmented
+Lagrangian, see `runtime.ilqr_constraints`).
+
 Exact derivatives can replace any of the autodiff ones through `ExactDerivatives`; its
 callables receive all stages at once, x (B, T, n), u (B, T, m), lam (B, T, n).
 Every result stays connected to autograd (parameters the callables close over, and x, u),
@@ -62,14 +66,18 @@ class TrajectoryFunctions:
     stage_cost: StageCost
     final_cost: FinalCost
     exact: ExactDerivatives = ExactDerivatives()
+    stage_data: Optional[Tensor] = None     # (B, T, d): third argument of stage_cost, per stage
 
     def next_states(self, x: Tensor, u: Tensor) -> Tensor:
         """dynamics at every stage: x (B, T, n), u (B, T, m) -> (B, T, n)."""
-        return _over_time(self.dynamics, x, u)
+        return over_time(self.dynamics, x, u)
 
     def stage_costs(self, x: Tensor, u: Tensor) -> Tensor:
         """stage_cost at every stage: (B, T)."""
-        return _over_time(self.stage_cost, x, u)
+        return over_time(self.stage_cost, x, u, *self._data())
+
+    def _data(self) -> tuple[Tensor, ...]:
+        return () if self.stage_data is None else (self.stage_data,)
 
     def total_cost(self, x: Tensor, u: Tensor) -> Tensor:
         """sum_t l(x_t, u_t) + l_T(x_T) for x (B, T+1, n), u (B, T, m): (B,)."""
@@ -80,23 +88,28 @@ class TrajectoryFunctions:
         n = x.shape[-1]
         z = torch.cat((x, u), -1)
         dynamics = self._dynamics_z(n)
-        cost_gradient = grad(lambda z: self._stage_cost_z(n)(z).sum())
-        exact = self.exact
+        cost = self.stage_cost
+
+        def cost_gradient(zt: Tensor, *data: Tensor) -> Tensor:
+            return grad(lambda z: cost(z[..., :n], z[..., n:], *data).sum())(zt)
+
+        exact, data = self.exact, self._data()
         if exact.dynamics_jacobian is None and exact.stage_cost_derivatives is None:
             # One reverse pass for both: the rows of d [f; grad l] / dz.
-            def both(zt: Tensor) -> Tensor:
-                return torch.cat((dynamics(zt), cost_gradient(zt)), -1)
+            def both(zt: Tensor, *dt: Tensor) -> tuple[Tensor, Tensor]:
+                return _rowwise_jacobian(lambda z: torch.cat((dynamics(z), cost_gradient(z, *dt)), -1), zt)
 
-            out, J = _over_time(lambda zt: _rowwise_jacobian(both, zt), z)
+            out, J = over_time(both, z, *data)
             return StageDerivatives(J[..., :n, :], out[..., n:], J[..., n:, :])
         if exact.dynamics_jacobian is not None:
             F = exact.dynamics_jacobian(x, u)
         else:
-            F = _over_time(lambda z: _rowwise_jacobian(dynamics, z)[1], z)
-        if exact.stage_cost_derivatives is not None:
+            F = over_time(lambda z: _rowwise_jacobian(dynamics, z)[1], z)
+        if exact.stage_cost_derivatives is not None and self.stage_data is None:
             g, C = exact.stage_cost_derivatives(x, u)
         else:
-            g, C = _over_time(lambda z: _rowwise_jacobian(cost_gradient, z), z)
+            g, C = over_time(lambda zt, *dt: _rowwise_jacobian(lambda z: cost_gradient(z, *dt), zt),
+                             z, *data)
         return StageDerivatives(F, g, C)
 
     def final(self, xT: Tensor) -> FinalDerivatives:
@@ -116,16 +129,13 @@ class TrajectoryFunctions:
         def weighted(zt: Tensor, lt: Tensor) -> Tensor:
             return _rowwise_hessian(lambda z: (dyn(z) * lt).sum(-1), zt)[1]
 
-        return _over_time(weighted, torch.cat((x, u), -1), lam)
+        return over_time(weighted, torch.cat((x, u), -1), lam)
 
     def _dynamics_z(self, n: int) -> Callable[[Tensor], Tensor]:
         return lambda z: self.dynamics(z[..., :n], z[..., n:])
 
-    def _stage_cost_z(self, n: int) -> Callable[[Tensor], Tensor]:
-        return lambda z: self.stage_cost(z[..., :n], z[..., n:])
 
-
-def _over_time(fn: Callable, *args: Tensor):
+def over_time(fn: Callable, *args: Tensor):
     """fn applied to every time slice args[:, t] (each (B, ...)), results stacked on dim 1.
     (vmap with out_dims=0 and a move: torch 2.13's vmap mishandles out_dims=1 for outputs that
     do not depend on the mapped inputs, such as the Jacobian of linear dynamics.)"""

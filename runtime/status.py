@@ -12,6 +12,7 @@ class Status(IntEnum):
     INFEASIBLE = 2     # constraints admit no point (primal infeasibility certificate)
     NOT_CONVEX = 3     # a stage Hessian (e.g. Q_uu in the Riccati recursion) is not positive definite
     NUMERICAL = 4      # NaN/Inf appeared in the data or the iterates
+    CONSTRAINT_VIOLATION = 5   # converged, but a nonlinear constraint stays violated beyond tolerance
 
 
 def status_names(status: torch.Tensor) -> list[str]:

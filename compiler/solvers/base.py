@@ -30,6 +30,7 @@ class ConstraintSupport(Enum):
     NONE = "no constraints"
     CONTROL_BOX = "box bounds on controls"
     AFFINE = "affine constraints and boxes"
+    NONLINEAR = "smooth nonlinear constraints and box bounds on controls"
 
 
 class Solver:
@@ -68,8 +69,8 @@ class Solver:
         for var in info.variables.values():
             if var.lower is None:
                 continue
-            if self.constraints is ConstraintSupport.NONE or \
-                    (self.constraints is ConstraintSupport.CONTROL_BOX and var.ref.kind is not VarKind.CONTROL):
+            if self.constraints is ConstraintSupport.NONE or (self.constraints in (
+                    ConstraintSupport.CONTROL_BOX, ConstraintSupport.NONLINEAR) and var.ref.kind is not VarKind.CONTROL):
                 span = graph.nodes[var.node]["decl"].bounds[0].span
                 out.append((span, f"solve {self.name} takes no bounds on {var.ref.kind.value} '{var.ref.name}'", ""))
         if self.convex and not out:
@@ -125,6 +126,8 @@ class Solver:
         ir = data["ir"]
         if not ir.variables() & {v.ref for v in info.variables.values() if v.ref.is_decision}:
             return [(decl.span, "constraint does not involve any state or control", "remove it or fix the names")]
+        if self.constraints is ConstraintSupport.NONLINEAR:
+            return self._smooth_problem(ir)
         bad = classify.culprit(ir, 1)
         if bad is not None:
             return [(bad.span, "constraint is not affine in the states and controls", "write it as a smooth penalty cost")]

@@ -6,14 +6,15 @@ from compiler.solvers.base import ConstraintSupport, Solver
 
 class ILQR(Solver):
     name = "ilqr"
-    doc = "box-constrained iLQR; smooth dynamics and costs, control bounds"
+    doc = "iLQR; smooth dynamics and costs, control bounds, nonlinear constraints (augmented Lagrangian)"
     options = Schema(
         iters=Option(Number(integer=True, minimum=1), 50, "maximum iterations"),
         tol=Option(Number(minimum=0), 1e-6, "convergence tolerance"),
         backward=Option(Symbol(("implicit", "unroll")), "implicit", "gradient mode"),
         model=Option(Symbol(("gauss_newton", "newton")), "gauss_newton",
-                     "stage model: Gauss-Newton, or Newton with the dynamics curvature"))
-    constraints = ConstraintSupport.CONTROL_BOX
+                     "stage model: Gauss-Newton, or Newton with the dynamics curvature"),
+        constraint_tol=Option(Number(minimum=0), None, "tolerance on the constraint violation (default sqrt(eps))"))
+    constraints = ConstraintSupport.NONLINEAR
 
     def backend(self, graph, info, layout):
         return ILQRBackend(graph, info, layout)

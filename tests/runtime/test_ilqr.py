@@ -18,7 +18,7 @@ from runtime.lqr import lqr
 from runtime.status import Status
 
 DT = 0.1
-TIGHT = ILQROptions(max_iters=200, tol=1e-11)
+TIGHT = ILQROptions(max_iters=200, tol=1e-11, cost_tol=0.0)
 CLARABEL = dict(solver=cp.CLARABEL, canon_backend=cp.SCIPY_CANON_BACKEND, tol_gap_abs=1e-12,
                 tol_gap_rel=1e-12, tol_feas=1e-12)
 
@@ -60,7 +60,7 @@ def control_gradient(problem, sol):
 
 # ---- box QP ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("m", [1, 2, 3, 5])   # closed form, faces (2, 3), projected Newton
 def test_box_qp_matches_clarabel(m):
     g = generator(m)
     B = 12
@@ -89,7 +89,7 @@ def test_box_qp_matches_clarabel(m):
                           torch.where(pair, eye, 0.0), atol=1e-10)
 
 
-@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("m", [1, 2, 5])
 def test_box_qp_reports_failures(m):
     H = torch.eye(m, dtype=torch.float64).repeat(3, 1, 1)
     H[1] = -H[1]
@@ -130,7 +130,7 @@ def test_lq_problem_converges_in_one_step_to_lqr():
         return (0.5 * q[:n] * x * x + c[:, :n] * x).sum(-1)
 
     sol = ilqr(ILQRProblem(dynamics, stage_cost, final_cost), x0,
-               torch.zeros(B, T, m, dtype=torch.float64), ILQROptions(tol=1e-10))
+               torch.zeros(B, T, m, dtype=torch.float64), ILQROptions(tol=1e-10, cost_tol=0.0))
     ref = lqr(x0, torch.diag(q).expand(B, T, N, N), c[:, None].expand(B, T, N),
               torch.cat((eye + A, Bu), -1).expand(B, T, n, N), f.expand(B, T, n),
               torch.diag(q[:n]).expand(B, n, n), c[:, :n])
@@ -223,7 +223,7 @@ def test_implicit_matches_unroll_at_convergence():
     for mode in ILQRBackward:
         problem = pendulum(damping, upright(3), weight, torch.tensor(-3.0), torch.tensor(3.0))
         sol = ilqr(problem, x0, torch.zeros(3, T, 1, dtype=torch.float64),
-                   ILQROptions(max_iters=200, tol=1e-11, backward=mode))
+                   ILQROptions(max_iters=200, tol=1e-11, cost_tol=0.0, backward=mode))
         assert (sol.status == Status.SOLVED).all()
         assert (sol.u.abs() == 3.0).any()
         loss = (sol.u ** 2).sum() + sol.x[..., 0].sum() + sol.cost.sum()
@@ -262,7 +262,7 @@ def test_newton_steps_reach_the_same_solution_in_fewer_iterations():
     problem = pendulum(damping, upright(4), weight, torch.tensor(-4.0), torch.tensor(4.0))
     u_init = torch.zeros(4, 15, 1, dtype=torch.float64)
     gauss_newton = ilqr(problem, x0, u_init, TIGHT)
-    newton = ilqr(problem, x0, u_init, ILQROptions(max_iters=200, tol=1e-11, newton=True))
+    newton = ilqr(problem, x0, u_init, ILQROptions(max_iters=200, tol=1e-11, cost_tol=0.0, newton=True))
     assert (gauss_newton.status == Status.SOLVED).all() and (newton.status == Status.SOLVED).all()
     assert torch.allclose(newton.u, gauss_newton.u, atol=1e-9)
     assert newton.iterations.max() <= 8 < gauss_newton.iterations.max()
@@ -278,7 +278,7 @@ def test_batch_elements_in_different_regimes():
     goal = torch.tensor([[0.0, 0.0], [torch.pi, 0.0]], dtype=torch.float64)
     damping = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     problem = pendulum(damping, goal, 0.1, torch.tensor(-2.0), torch.tensor(2.0))
-    options = ILQROptions(max_iters=4, tol=1e-9)
+    options = ILQROptions(max_iters=4, tol=1e-9, cost_tol=0.0)
     sol = ilqr(problem, x0, torch.zeros(2, T, 1, dtype=torch.float64), options)
     assert sol.status.tolist() == [Status.SOLVED, Status.MAX_ITERS]
     assert sol.iterations[0] < 4 and sol.iterations[1] == 4
@@ -386,7 +386,7 @@ def test_float32_matches_float64():
         problem = pendulum(damping, goal, 0.1, torch.tensor(-2.0, dtype=dtype),
                            torch.tensor(2.0, dtype=dtype))
         x0 = torch.tensor([[0.0, 0.5], [0.5, 0.0]], dtype=dtype, requires_grad=True)
-        sol = ilqr(problem, x0, torch.zeros(B, T, 1, dtype=dtype), ILQROptions(tol=1e-5))
+        sol = ilqr(problem, x0, torch.zeros(B, T, 1, dtype=dtype), ILQROptions(tol=1e-5, cost_tol=0.0))
         return sol, torch.autograd.grad(sol.u.sum(), (x0, damping))
 
     sol32, grads32 = solve(torch.float32)
