@@ -66,7 +66,7 @@ def test_fixed_point_function_solves_a_linear_contraction():
     A = 0.3 * torch.randn(4, 4, dtype=torch.float64) / 2
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     z_star = torch.linalg.solve(torch.eye(4, dtype=torch.float64) - A, b.detach())
-    z = FixedPoint.apply(lambda z, b: A @ z + b, z_star, 200, b)
+    z = FixedPoint.apply(lambda z, b: A @ z + b, z_star, 200, 1e-15, b)
     grad, = torch.autograd.grad(z.sum(), b)
     expected = torch.linalg.solve((torch.eye(4, dtype=torch.float64) - A).T, torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(grad, expected)
