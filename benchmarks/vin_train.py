@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from runtime.gridworld import GridworldData, generate
-from runtime.vin import VIN
+from runtime.vin import VIN, load_vin
 from runtime.vin_training import ExpertTensors, TrainSettings, evaluate_vin, train_vin
 
 PAPER_K = {8: 10, 16: 20, 28: 36}
@@ -55,9 +55,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/planlang_gridworld"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--evaluate", type=Path, metavar="CKPT",
+                        help="only evaluate this checkpoint on the held-out maps (e.g. one saved mid-training)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.evaluate is not None:
+        checkpoint = torch.load(args.evaluate)
+        test_data, _ = dataset(args.size, args.test_maps, 2 * args.seed + 1, args.cache)
+        began = time.perf_counter()
+        result = evaluate_vin(load_vin(checkpoint["state_dict"], checkpoint["config"]), test_data)
+        print(json.dumps(dict(checkpoint=str(args.evaluate), training=checkpoint["training"], held_out=result,
+                              eval_seconds=time.perf_counter() - began)), flush=True)
+        return
 
     train_data, train_gen_s = dataset(args.size, args.train_maps, 2 * args.seed, args.cache)
     test_data, test_gen_s = dataset(args.size, args.test_maps, 2 * args.seed + 1, args.cache)

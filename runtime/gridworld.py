@@ -13,7 +13,8 @@ its PyTorch port `kentsommer/pytorch-value-iteration-networks`, dataset/make_tra
    can be reached (a map with fewer such cells is redrawn);
 5. for each start, the expert's shortest path to the goal on the 8-connected grid (diagonal moves of
    length sqrt(2); `runtime.grid` states the move model), found by exact value iteration with unit
-   cost and followed greedily (ties go to the lowest action index).
+   cost and followed greedily; among optimal moves (Q within 1e-9 of the best, so rounding does not
+   decide) the expert takes the lowest action index, i.e. straight moves before diagonal ones.
 
 The paper's per-size limits (`PAPER_OBSTACLES`): 8x8: 30 obstacles of size up to 0 (a MATLAB
 rectangle of size 0, drawn here as one cell), 16x16: 40 of size 1, 28x28: 50 of size 2 (36x36:
@@ -43,6 +44,7 @@ from torch import Tensor
 from runtime.grid import ACTION_NAMES, MOVES, bellman_q, greedy_path, move_rewards, value_iteration
 
 PAPER_OBSTACLES = {8: (30, 1), 16: (40, 1), 28: (50, 2), 36: (70, 3)}   # size: (max obstacles, max size)
+TIE_TOLERANCE = 1e-9   # moves whose Q is within this of the best are optimal (path lengths a + b sqrt 2)
 _FIELDS = ("maps", "goals", "starts", "expert_states", "expert_actions", "expert_lengths")
 
 
@@ -166,7 +168,9 @@ def _expert_paths(occupancy: Tensor, goal: Tensor, start: Tensor) -> tuple[Tenso
     n, trajs = start.shape[:2]
     rewards = move_rewards(torch.ones_like(occupancy), occupancy, len(MOVES))
     q = bellman_q(value_iteration(torch.ones_like(occupancy), occupancy, goal), rewards, 1.0)
-    policy = torch.nn.functional.one_hot(q.argmax(1), len(MOVES)).permute(0, 3, 1, 2).to(torch.int8)
+    optimal = q >= q.amax(1, keepdim=True) - TIE_TOLERANCE                     # rounding-proof ties
+    first_optimal = optimal.to(torch.int8).argmax(1)                             # (n, H, W)
+    policy = torch.nn.functional.one_hot(first_optimal, len(MOVES)).permute(0, 3, 1, 2).to(torch.int8)
     path, reached = greedy_path(policy.repeat_interleave(trajs, 0), occupancy.repeat_interleave(trajs, 0),
                                 start.flatten(0, 1), goal.repeat_interleave(trajs, 0))
     if not bool(reached.all()):

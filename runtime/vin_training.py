@@ -8,7 +8,10 @@ affordable. Optimizer: RMSprop(lr, eps=1e-6) as in the PyTorch port (`train.py`:
 0.002 for 16x16 and 28x28, 30 epochs).
 
 Evaluation on held-out maps:
-* action accuracy: argmax of the logits equals the expert's action, over all expert pairs;
+* action accuracy: argmax of the logits equals the expert's action, over all expert pairs (the
+  paper's and the port's metric);
+* optimal-action rate: argmax of the logits is *a* shortest-path move (the expert breaks ties by
+  action index, so a different optimal move counts as an error in the accuracy but not here);
 * success rate: the greedy rollout of argmax logits from each expert start reaches the goal without
   entering an obstacle or leaving the map within 2 L + 1 moves, L the expert path's length (the
   port's `test.py` rolls out for 2 (L + 1) - 1 moves).
@@ -24,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from runtime.grid import greedy_path
-from runtime.gridworld import GridworldData
+from runtime.grid import bellman_q, greedy_path, move_rewards, value_iteration
+from runtime.gridworld import TIE_TOLERANCE, GridworldData
 from runtime.vin import VIN
 
 
@@ -112,7 +115,7 @@ def evaluate_vin(model: VIN, data: GridworldData, maps_per_batch: int = 256, dev
     dtype = next(model.parameters()).dtype
     tensors = ExpertTensors.from_data(data, dtype, device)
     trajs = data.starts.shape[1]
-    correct, reached_total = 0, 0
+    correct, optimal, reached_total = 0, 0, 0
     for first in range(0, len(data.maps), maps_per_batch):
         maps = np.arange(first, min(first + maps_per_batch, len(data.maps)))
         _, right = batch_loss(model, tensors, maps)
@@ -120,6 +123,7 @@ def evaluate_vin(model: VIN, data: GridworldData, maps_per_batch: int = 256, dev
         maps_t = torch.as_tensor(maps, device=device)
         occupancy, goal = tensors.occupancy[maps_t], tensors.goal[maps_t]
         _, q = model.q_map(occupancy, goal)
+        optimal += _optimal_moves(model, q, tensors, maps, first)
         scores = model.action_logits(q).repeat_interleave(trajs, 0)
         start = torch.as_tensor(data.starts[maps].reshape(-1, 2).astype(np.int64), device=device)
         limit = torch.as_tensor(2 * data.expert_lengths[maps].reshape(-1).astype(np.int64) + 1, device=device)
@@ -127,5 +131,19 @@ def evaluate_vin(model: VIN, data: GridworldData, maps_per_batch: int = 256, dev
                                  goal.repeat_interleave(trajs, 0), limit)
         reached_total += int(reached.sum())
     pairs, rollouts = len(tensors.actions), len(data.maps) * trajs
-    return dict(action_accuracy=correct / pairs, success_rate=reached_total / rollouts,
-                pairs=pairs, rollouts=rollouts)
+    return dict(action_accuracy=correct / pairs, optimal_action_rate=optimal / pairs,
+                success_rate=reached_total / rollouts, pairs=pairs, rollouts=rollouts)
+
+
+def _optimal_moves(model: VIN, q: Tensor, data: ExpertTensors, maps: np.ndarray, first: int) -> int:
+    """How many expert states of `maps` (consecutive, from `first`) get a shortest-path move as argmax."""
+    occupancy = data.occupancy[first:first + len(maps)].double()
+    unit = torch.ones_like(occupancy)
+    exact_q = bellman_q(value_iteration(unit, occupancy, data.goal[first:first + len(maps)]),
+                        move_rewards(unit, occupancy, model.actions), 1.0)
+    pairs = torch.as_tensor(data.pairs_of(maps), device=q.device)
+    local, states = data.map_index[pairs] - first, data.states[pairs]
+    chosen = model.logits_at(q, local, states).argmax(1)
+    q_at = exact_q[local, :, states[:, 0], states[:, 1]]
+    best = q_at.amax(1)
+    return int((q_at.gather(1, chosen[:, None])[:, 0] >= best - TIE_TOLERANCE).sum())

@@ -45,6 +45,14 @@ def test_expert_paths_are_valid_and_shortest(data):
             assert (data.maps[m, cells[:, 0], cells[:, 1]] == 0).all()          # never on an obstacle
             length = np.linalg.norm(np.diff(cells, axis=0), axis=1).sum()
             assert abs(length - float(distance[m, cells[0, 0], cells[0, 1]])) < 1e-9
+            # ties: the expert takes the lowest-index move that stays on a shortest path
+            for cell, action in zip(cells[:-1], actions):
+                remaining = float(distance[m, cell[0], cell[1]])
+                for lower in range(action):
+                    nxt = cell + np.array(MOVES[lower])
+                    if 0 <= nxt[0] < H and 0 <= nxt[1] < W:
+                        via = np.hypot(*MOVES[lower]) + float(distance[m, nxt[0], nxt[1]])
+                        assert via > remaining + 1e-9
 
 
 def test_state_action_pairs_and_round_trip(data, tmp_path):

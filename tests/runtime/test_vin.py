@@ -111,3 +111,4 @@ def test_tiny_training_reduces_the_loss():
     result = evaluate_vin(model, data)
     assert result["rollouts"] == 24 * 7 and 0.0 <= result["success_rate"] <= 1.0
     assert result["action_accuracy"] > 0.3
+    assert result["action_accuracy"] <= result["optimal_action_rate"] <= 1.0
