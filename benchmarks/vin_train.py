@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/planlang_gridworld"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--init", type=Path, metavar="CKPT",
+                        help="start from this checkpoint's weights (fresh optimizer state), e.g. to continue "
+                             "at a lower learning rate as the paper's schedule does")
     parser.add_argument("--evaluate", type=Path, metavar="CKPT",
                         help="only evaluate this checkpoint on the held-out maps (e.g. one saved mid-training)")
     args = parser.parse_args()
@@ -76,6 +79,8 @@ def main() -> None:
 
     k = args.k or PAPER_K.get(args.size, 2 * args.size)
     model = VIN(k=k, backward=args.backward, discount=args.discount, temperature=args.temperature)
+    if args.init is not None:
+        model.load_state_dict(torch.load(args.init)["state_dict"])
     settings = TrainSettings(epochs=args.epochs, lr=args.lr or PORT_LR.get(args.size, 0.002),
                              maps_per_batch=args.maps_per_batch, seed=args.seed)
     def save(training: dict) -> None:
@@ -97,7 +102,7 @@ def main() -> None:
     summary = dict(size=args.size, config=model.config(), settings=asdict(settings),
                    train_maps=args.train_maps, test_maps=args.test_maps, train_seconds=train_s,
                    eval_seconds=eval_s, data_seconds=train_gen_s + test_gen_s, threads=args.threads,
-                   final_train=history[-1], held_out=result)
+                   init=None if args.init is None else str(args.init), final_train=history[-1], held_out=result)
     print(json.dumps(summary), flush=True)
     save(summary)
 

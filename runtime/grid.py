@@ -85,7 +85,7 @@ def neighbours(x: Tensor, actions: int, fill: float) -> Tensor:
 def one_hot_cells(cells: Tensor, H: int, W: int, dtype=torch.float32) -> Tensor:
     """(B, 2) cells -> (B, H, W) maps with a 1 at each cell."""
     out = torch.zeros(cells.shape[0], H * W, dtype=dtype, device=cells.device)
-    out.scatter_(1, (cells[:, 0] * W + cells[:, 1])[:, None], 1.0)
+    out.scatter_(1, (cells[:, 0] * W + cells[:, 1]).long()[:, None], 1.0)
     return out.view(-1, H, W)
 
 

@@ -164,9 +164,12 @@ class VIN(nn.Module):
         return FixedPoint.apply(self.bellman, v, max(terms, 1), self.tol, q_r, kernel)
 
     def q_map(self, occupancy: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:
-        """values v_K (B, H, W) and the final q (B, C, H, W) for maps (B, H, W) and goals (B, 2)."""
+        """values v_K (B, H, W) and the final q (B, C, H, W) for maps (B, H, W) and goals (B, 2).
+
+        The maps are cast to the weights' dtype (a float32 model takes float64 or 0/1 integer maps).
+        """
         check_maps(occupancy, goal)
-        r = self.reward(occupancy, goal)
+        r = self.reward(occupancy.to(self.w.dtype), goal)
         q_r = F.conv2d(r, self.q.weight, padding=1)
         kernel = self.transition_kernel()
         v = self.value_iteration(q_r, kernel)
