@@ -112,3 +112,18 @@ def test_tiny_training_reduces_the_loss():
     assert result["rollouts"] == 24 * 7 and 0.0 <= result["success_rate"] <= 1.0
     assert result["action_accuracy"] > 0.3
     assert result["action_accuracy"] <= result["optimal_action_rate"] <= 1.0
+
+
+def test_shipped_8x8_checkpoint_plans_on_fresh_maps():
+    """examples/weights/vin_8x8.pt (benchmarks/vin_train.py) loads and solves most fresh 8x8 maps."""
+    from pathlib import Path
+    checkpoint = torch.load(Path(__file__).resolve().parents[2] / "examples/weights/vin_8x8.pt")
+    model = load_vin(checkpoint["state_dict"], checkpoint["config"])
+    data = generate(8, 30, seed=2024)
+    occupancy = torch.as_tensor(data.maps, dtype=torch.float32)
+    goal, start = torch.as_tensor(data.goals.astype(np.int64)), torch.as_tensor(data.starts[:, 0].astype(np.int64))
+    sol = model.plan(occupancy, goal, start)
+    assert sol.values.shape == (30, 8, 8) and sol.logits.shape == (30, 8)
+    assert sol.reached.float().mean() >= 0.85
+    last = sol.path[torch.arange(30), -1]
+    assert torch.equal((last == goal).all(1) & sol.reached, sol.reached)
