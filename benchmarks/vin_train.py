@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (not tested here: no GPU was available)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/planlang_gridworld"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--init", type=Path, metavar="CKPT",
@@ -64,10 +65,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.evaluate is not None:
-        checkpoint = torch.load(args.evaluate)
+        checkpoint = torch.load(args.evaluate, map_location="cpu")
         test_data, _ = dataset(args.size, args.test_maps, 2 * args.seed + 1, args.cache)
         began = time.perf_counter()
-        result = evaluate_vin(load_vin(checkpoint["state_dict"], checkpoint["config"]), test_data)
+        result = evaluate_vin(load_vin(checkpoint["state_dict"], checkpoint["config"]).to(args.device), test_data,
+                              device=args.device)
         print(json.dumps(dict(checkpoint=str(args.evaluate), training=checkpoint["training"], held_out=result,
                               eval_seconds=time.perf_counter() - began)), flush=True)
         return
@@ -80,7 +82,8 @@ def main() -> None:
     k = args.k or PAPER_K.get(args.size, 2 * args.size)
     model = VIN(k=k, backward=args.backward, discount=args.discount, temperature=args.temperature)
     if args.init is not None:
-        model.load_state_dict(torch.load(args.init)["state_dict"])
+        model.load_state_dict(torch.load(args.init, map_location="cpu")["state_dict"])
+    model.to(args.device)
     settings = TrainSettings(epochs=args.epochs, lr=args.lr or PORT_LR.get(args.size, 0.002),
                              maps_per_batch=args.maps_per_batch, seed=args.seed)
     def save(training: dict) -> None:
@@ -94,10 +97,11 @@ def main() -> None:
         save(dict(size=args.size, settings=asdict(settings), last_epoch=stats))
 
     began = time.perf_counter()
-    history = train_vin(model, ExpertTensors.from_data(train_data), settings, on_epoch=after_epoch)
+    history = train_vin(model, ExpertTensors.from_data(train_data, device=args.device), settings,
+                        on_epoch=after_epoch)
     train_s = time.perf_counter() - began
     began = time.perf_counter()
-    result = evaluate_vin(model, test_data)
+    result = evaluate_vin(model, test_data, device=args.device)
     eval_s = time.perf_counter() - began
     summary = dict(size=args.size, config=model.config(), settings=asdict(settings),
                    train_maps=args.train_maps, test_maps=args.test_maps, train_seconds=train_s,
