@@ -66,6 +66,7 @@ import torch
 from torch import Tensor
 
 from runtime.implicit import Backward, BackwardMode, implicit_argmin, iterate
+from runtime.limits import control_limits
 from runtime.status import Status
 
 Dynamics = Callable[[Tensor, Tensor], Tensor]
@@ -341,14 +342,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 def _bounds(problem: DescentProblem, u: Tensor) -> tuple[Tensor, Tensor]:
     """Control limits expanded to (B, T, m) (+-inf where absent)."""
-    lo = -torch.inf if problem.lower is None else problem.lower
-    hi = torch.inf if problem.upper is None else problem.upper
-    lo, hi = (torch.as_tensor(b, dtype=u.dtype, device=u.device) for b in (lo, hi))
-    try:
-        lo, hi = lo.expand_as(u), hi.expand_as(u)
-    except RuntimeError as err:
-        raise ValueError(f"control limits must broadcast to u {tuple(u.shape)}, got lower "
-                         f"{tuple(lo.shape)} and upper {tuple(hi.shape)}") from err
+    lo, hi = control_limits(-torch.inf if problem.lower is None else problem.lower, problem.upper, u)
     if bool((lo > hi).any()):
         raise ValueError("control limits must satisfy lower <= upper")
     return lo, hi

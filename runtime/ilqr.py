@@ -91,6 +91,7 @@ from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConst
                                       initial_multipliers, update)
 from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, FinalDerivatives,
                                       StageCost, StageDerivatives, TrajectoryFunctions)
+from runtime.limits import control_limits
 from runtime.status import Status
 
 
@@ -160,7 +161,7 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
     _check_shapes(x0, u_init)
     fns = TrajectoryFunctions(problem.dynamics, problem.stage_cost, problem.final_cost,
                               problem.derivatives)
-    lo, hi = _bounds(problem, u_init)
+    lo, hi = control_limits(problem.lower, problem.upper, u_init)
     constrained = problem.constraints.any
     unroll = options.backward is ILQRBackward.UNROLL and torch.is_grad_enabled()
     if unroll:
@@ -489,20 +490,6 @@ def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
     c = model.g - (C @ z[..., None]).squeeze(-1)
     cT = final.g - (final.C @ x[:, -1, :, None]).squeeze(-1)
     return box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
-
-
-def _bounds(problem: ILQRProblem, u: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Control limits expanded to (B, T, m), or (None, None) without limits."""
-    if problem.lower is None and problem.upper is None:
-        return None, None
-    lo = -torch.inf if problem.lower is None else problem.lower
-    hi = torch.inf if problem.upper is None else problem.upper
-    lo, hi = (torch.as_tensor(b, dtype=u.dtype, device=u.device) for b in (lo, hi))
-    try:
-        return lo.expand_as(u), hi.expand_as(u)
-    except RuntimeError as err:
-        raise ValueError(f"control limits must broadcast to u {tuple(u.shape)}, got lower "
-                         f"{tuple(lo.shape)} and upper {tuple(hi.shape)}") from err
 
 
 def _check_shapes(x0: Tensor, u_init: Tensor) -> None:

@@ -75,6 +75,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from runtime.limits import control_limits
 from runtime.status import Status
 
 Dynamics = Callable[[Tensor, Tensor, int], Tensor]
@@ -159,7 +160,7 @@ def mppi(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
          generator: Optional[torch.Generator] = None) -> SamplingSolution:
     """MPPI from the warm start u_init (B, T, m); noise from `generator` (on x0's device)."""
     _check_shapes(x0, u_init)
-    lo, hi = _bounds(problem, u_init)
+    lo, hi = control_limits(problem.lower, problem.upper, u_init)
     sigma = _per_control(options.noise, u_init, "noise")
     eps = _standard_normal(options.iters, options.samples, u_init, generator).mul_(sigma)
     weight = options.control_cost * options.temperature / sigma ** 2    # gamma lam Sigma^{-1}
@@ -173,7 +174,7 @@ def cem(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
         generator: Optional[torch.Generator] = None) -> SamplingSolution:
     """CEM from the mean u_init (B, T, m); noise from `generator` (on x0's device)."""
     _check_shapes(x0, u_init)
-    lo, hi = _bounds(problem, u_init)
+    lo, hi = control_limits(problem.lower, problem.upper, u_init)
     std = _per_control(options.noise, u_init, "noise")
     z = _standard_normal(options.iters, options.samples, u_init, generator)
     x, u, J = _solver(problem, _cem)(x0, u_init, lo, hi, z, std, options.elites,
@@ -312,20 +313,6 @@ def _per_control(value: Noise, u: Tensor, name: str) -> Tensor:
     if not bool((tensor > 0).all()):
         raise ValueError(f"{name} must be positive, got {tensor.tolist()}")
     return tensor.reshape(-1).expand(m).clone()   # contiguous: ops on 0-stride tensors are slow
-
-
-def _bounds(problem: SamplingProblem, u: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Control limits expanded to (B, T, m), or (None, None) without limits."""
-    if problem.lower is None and problem.upper is None:
-        return None, None
-    lo = -torch.inf if problem.lower is None else problem.lower
-    hi = torch.inf if problem.upper is None else problem.upper
-    lo, hi = (torch.as_tensor(b, dtype=u.dtype, device=u.device) for b in (lo, hi))
-    try:
-        return lo.expand_as(u), hi.expand_as(u)
-    except RuntimeError as err:
-        raise ValueError(f"control limits must broadcast to u {tuple(u.shape)}, got lower "
-                         f"{tuple(lo.shape)} and upper {tuple(hi.shape)}") from err
 
 
 def _check_shapes(x0: Tensor, u: Tensor) -> None:

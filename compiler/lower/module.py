@@ -20,10 +20,8 @@ import networkx as nx
 import torch
 from torch import nn
 
-from compiler import quadform as qf
 from compiler.context import PlanInfo, VarInfo
 from compiler.defaults import default_value
-from compiler.evaluate import evaluate
 from compiler.ir import VarRef
 from compiler.layout import Layout
 from compiler.solution import Solution
@@ -273,20 +271,9 @@ class PlanModule(nn.Module):
         return value
 
     def _saturated(self, env, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """u (B, m) clipped to this plan's control bounds (b, m) (+-inf where a control has none)."""
-        controls = self.layout.controls
-        if all(v.lower is None for v in controls):
-            return u
-        lows, highs = [], []
-        for var in controls:
-            for bound, fill, out in ((var.lower, -torch.inf, lows), (var.upper, torch.inf, highs)):
-                if bound is None:
-                    out.append(like.new_full((1, var.size), fill))
-                else:
-                    value = qf.pad_rank(evaluate(bound, env, like), 1)
-                    out.append(value.expand(value.shape[0], var.size))
-        lower, upper = (torch.cat([p.expand(u.shape[0], -1) for p in parts], dim=1) for parts in (lows, highs))
-        return torch.minimum(torch.maximum(u, lower), upper)
+        """u (B, m) clipped to this plan's control bounds (+-inf where a control has none)."""
+        lower, upper = self.backend.control_bounds(env, like)
+        return u if lower is None else torch.minimum(torch.maximum(u, lower[:, 0]), upper[:, 0])
 
     def trajectory_cost(self, x: torch.Tensor, u: torch.Tensor, **values) -> torch.Tensor:
         """J(x, u) (B,) of a given trajectory x (B, T+1, n), u (B, T, m): the stage costs summed
