@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from runtime.linalg import sym_outer
 from runtime.riccati import RiccatiFactor, factor, solve
 
 
@@ -99,11 +100,11 @@ class _BoxLQRStep(torch.autograd.Function):
                       + (F.mT @ dlam[:, 1:, :, None]).squeeze(-1))[..., n:]
         grads = (
             dlam[:, 0],
-            _sym_outer(dz, z),
+            sym_outer(dz, z),
             dz,
             dlam[:, 1:, :, None] * z[:, :, None, :] + lam[:, 1:, :, None] * dz[:, :, None, :],
             dlam[:, 1:],
-            _sym_outer(dxT, xT),
+            sym_outer(dxT, xT),
             dxT,
             torch.where(free, 0.0, clamp_grad),
         )
@@ -127,9 +128,3 @@ def _fix_clamped(C: Tensor, F: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
 def _rows(v: Tensor, like: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) broadcastable against `like`."""
     return v.view(-1, *[1] * (like.dim() - 1))
-
-
-def _sym_outer(a: Tensor, b: Tensor) -> Tensor:
-    """1/2 (a b' + b a') over the last dimension."""
-    ab = a[..., :, None] * b[..., None, :]
-    return 0.5 * (ab + ab.mT)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from runtime.linalg import outer2, sym_outer
 from runtime.riccati import RiccatiFactor, factor, solve
 from runtime.status import Status
 
@@ -101,11 +102,11 @@ class _LQRFunction(torch.autograd.Function):
         sT = s[:, 0]
         return (
             dlam[:, 0] if need_x0 else None,
-            _sym_outer(dz + 0.5 * s * z, z) if need_C else None,
+            sym_outer(dz + 0.5 * s * z, z) if need_C else None,
             dz + s * z if need_c else None,
-            _outer2(dlam[:, 1:], z, lam[:, 1:], dz) if need_F else None,
+            outer2(dlam[:, 1:], z, lam[:, 1:], dz) if need_F else None,
             dlam[:, 1:] if need_f else None,
-            _sym_outer(dxT + 0.5 * sT * xT, xT) if need_CT else None,
+            sym_outer(dxT + 0.5 * sT * xT, xT) if need_CT else None,
             dxT + sT * xT if need_cT else None,
         )
 
@@ -119,22 +120,6 @@ def _adjoint(fac: RiccatiFactor, x: Tensor, u: Tensor, lam: Tensor, gx: Optional
     gu = torch.zeros_like(u) if gu is None else gu
     glam = torch.zeros_like(lam) if glam is None else glam
     return solve(fac, torch.cat([gx[:, :-1], gu], dim=-1), glam[:, 1:], gx[:, -1], glam[:, 0])
-
-
-def _outer(a: Tensor, b: Tensor) -> Tensor:
-    """a b' over the last dimension."""
-    return a[..., :, None] * b[..., None, :]
-
-
-def _outer2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
-    """a b' + c d' over the last dimension (one allocation: these are the big tensors)."""
-    return _outer(a, b).addcmul_(c[..., :, None], d[..., None, :])
-
-
-def _sym_outer(a: Tensor, b: Tensor) -> Tensor:
-    """1/2 (a b' + b a') over the last dimension."""
-    half_a = 0.5 * a
-    return _outer2(half_a, b, b, half_a)
 
 
 def _read_by_loss(status: Tensor, incoming: tuple[Optional[Tensor], ...]) -> Tensor:

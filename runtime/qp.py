@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from runtime.linalg import outer, sym
 from runtime.qp_active import ActiveSet, active_set
 from runtime.qp_ipm import QPOptions, interior_point
 from runtime.qp_kkt import solve_kkt, stage_z
@@ -96,7 +97,7 @@ class _QPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, options: QPOptions, *data: Tensor):
         prob = QPProblem(*data)
-        prob = prob._replace(C=_sym(prob.C), CT=_sym(prob.CT))
+        prob = prob._replace(C=sym(prob.C), CT=sym(prob.CT))
         result = interior_point(prob, options)
         it = result.iterate
         cost = objective(prob, it.x, it.u)
@@ -149,8 +150,8 @@ def _add_explicit_cost_terms(grads: list[Tensor], x: Tensor, u: Tensor, grad_cos
     """The cost's explicit dependence on C, c, CT, cT at fixed (x, u) (module docstring)."""
     z, xT, g = stage_z(x, u), x[:, -1], grad_cost[:, None]
     dx0, dC, dc, dF, df, dCT, dcT, *rest = grads
-    return [dx0, dC + 0.5 * g[..., None, None] * _outer(z, z), dc + g[..., None] * z, dF, df,
-            dCT + 0.5 * g[..., None] * _outer(xT, xT), dcT + g * xT, *rest]
+    return [dx0, dC + 0.5 * g[..., None, None] * outer(z, z), dc + g[..., None] * z, dF, df,
+            dCT + 0.5 * g[..., None] * outer(xT, xT), dcT + g * xT, *rest]
 
 
 def _adjoint_gradients(act: ActiveSet, x: Tensor, u: Tensor, lam: Tensor, mu: Tensor, nu: Tensor,
@@ -165,15 +166,15 @@ def _adjoint_gradients(act: ActiveSet, x: Tensor, u: Tensor, lam: Tensor, mu: Te
     mu_hat = adj.mu
     return [
         mu_hat[:, 0],                                           # x0
-        _sym(_outer(z_hat, z)),                                 # C
+        sym(outer(z_hat, z)),                                 # C
         z_hat,                                                  # c
-        _outer(mu[:, 1:], z_hat) + _outer(mu_hat[:, 1:], z),    # F
+        outer(mu[:, 1:], z_hat) + outer(mu_hat[:, 1:], z),    # F
         mu_hat[:, 1:],                                          # f
-        _sym(_outer(adj.x[:, -1], x[:, -1])),                   # CT
+        sym(outer(adj.x[:, -1], x[:, -1])),                   # CT
         adj.x[:, -1],                                           # cT
-        _outer(lam, z_hat) + _outer(lam_hat, z),                # G
+        outer(lam, z_hat) + outer(lam_hat, z),                # G
         -lam_hat,                                               # h
-        _outer(nu, z_hat) + _outer(nu_hat, z),                  # E
+        outer(nu, z_hat) + outer(nu_hat, z),                  # E
         -nu_hat,                                                # e
     ]
 
@@ -204,12 +205,3 @@ def _problem(x0, C, c, F, f, CT, cT, G, h, E, e) -> QPProblem:
     if N <= n:
         raise ValueError(f"C is (.., {N}, {N}) but needs N = n + m > n = {n}")
     return QPProblem(x0, C, c, F, f, CT, cT, G, h, E, e)
-
-
-def _sym(M: Tensor) -> Tensor:
-    return 0.5 * (M + M.mT)
-
-
-def _outer(a: Tensor, b: Tensor) -> Tensor:
-    """a b' over the last dimension."""
-    return a.unsqueeze(-1) * b.unsqueeze(-2)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from runtime.linalg import sym
 from runtime.status import Status
 
 
@@ -73,7 +74,7 @@ def factor(C: Tensor, F: Tensor, CT: Tensor) -> RiccatiFactor:
     Y[:, :n].copy_(0.5 * torch.eye(n, **like))
     C = C.transpose(0, 1)                                                    # (T, B, N, N)
     F = F.transpose(0, 1).contiguous()                                       # (T, B, n, N)
-    _sym(CT, out=V[T])
+    sym(CT, out=V[T])
     Fs, FVs, Qs, Vs, Ls, Ks, As, infos = (
         y.unbind(0) for y in (F, FV, Q, V, L, K, A_cl, info))
     Quu, Qux, Qx = (y.unbind(0) for y in (Q[..., n:, n:], Q[..., n:, :n], Q[..., :n, :]))
@@ -148,11 +149,6 @@ def solve(fac: RiccatiFactor, c: Tensor, f: Tensor, cT: Tensor, x0: Tensor
     lam = V @ x + v.mT
     bad = (fac.status != Status.SOLVED)[:, None, None]
     return tuple(torch.where(bad, torch.nan, y.squeeze(-1).transpose(0, 1)) for y in (x, u, lam))
-
-
-def _sym(M: Tensor, out: Tensor) -> Tensor:
-    """out = 1/2 (M + M') over the last two dimensions."""
-    return torch.add(M, M.mT, out=out).mul_(0.5)
 
 
 def _first_failure(fail: Tensor, nonfinite: Tensor) -> Tensor:
