@@ -97,6 +97,9 @@ class ValueIteration(GridSolver):
 
 
 class ValueIterationNetwork(GridSolver):
+    """VIN learns its reward map from (occupancy, goal): a plan's cost lines would be ignored,
+    so they are refused (`solve value_iteration` plans with known costs)."""
+
     name = "vin"
     doc = "value iteration network: conv reward, K value-iteration steps as conv + max, attention, logits"
     options = Schema(k=Option(Number(integer=True, minimum=1), 10, "value-iteration steps K"),
@@ -116,6 +119,11 @@ class ValueIterationNetwork(GridSolver):
         if options["actions"] is not None and options["actions"] != info.grid.actions:
             problems.append(f"solve vin(actions={options['actions']}) but the plan has actions {info.grid.actions}")
         return problems
+
+    def accepts(self, graph, info):
+        return [(d["span"], "solve vin learns its reward from the map and the goal; it cannot take cost lines",
+                 "remove the cost, or plan with the known costs: `solve value_iteration`")
+                for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.COST]
 
     def backend(self, graph, info, layout):
         return VINBackend(graph, info)

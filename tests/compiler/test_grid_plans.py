@@ -84,6 +84,12 @@ def test_grid_plan_errors(change, message):
         planlang.compile(planlang.loads(VI.replace("COST", "").replace(change, replacement)))
 
 
+def test_vin_refuses_cost_lines_it_would_ignore():
+    text = VI.replace("COST", "cost stage = 1 + occupancy").replace("solve value_iteration", "solve vin(k=5)")
+    with pytest.raises(PlanError, match="solve vin learns its reward"):
+        planlang.compile(planlang.loads(text))
+
+
 def test_a_trajectory_plan_cannot_use_vin():
     text = (ROOT / "examples" / "double_integrator.plan").read_text().replace("solve lqr", "solve vin(k=5)")
     with pytest.raises(PlanError, match="solve vin plans over a grid"):
