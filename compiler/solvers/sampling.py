@@ -38,24 +38,23 @@ class SamplingBackend(_Lowered):
         return Solution(sol.x, sol.u, sol.cost, sol.status, self.info.solver, iterations=sol.iterations)
 
     def _problem(self, env, like: torch.Tensor, batch: int) -> SamplingProblem:
-        """One problem per batch size, dtype and device, rebound to this call's values: with
-        `fuse=on`, torch.compile caches its kernels on the problem, so it must be reused."""
+        """One problem per batch size, dtype, device and limits, rebound to this call's values: with
+        `fuse=on`, torch.compile caches its kernels on the problem, so it must be reused. Limits
+        that need a gradient are bound per call (a fresh problem)."""
         lower, upper = self.control_bounds(env, like)
-        fuse = self.info.options["fuse"] == "on"
-        if lower is not None and (lower.requires_grad or upper.requires_grad):    # limits bound per call
-            calls = SampledCallables(self, env, like, batch)
-            return SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
-                                   vectorized_cost=True, fuse=fuse)
+        per_call = lower is not None and (lower.requires_grad or upper.requires_grad)
         limits = None if lower is None else tuple(torch.cat([lower, upper]).flatten().tolist())
         key = (batch, like.dtype, like.device, limits)
-        if key not in self._problems:
+        if per_call or key not in self._problems:
             calls = SampledCallables(self, env, like, batch)
-            self._problems[key] = calls, SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower,
-                                                         upper, vectorized_cost=True, fuse=fuse)
+            problem = SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
+                                      vectorized_cost=True, fuse=self.info.options["fuse"] == "on")
+            if per_call:
+                return problem
+            self._problems[key] = calls, problem
         calls, problem = self._problems[key]
         calls.rebind(env, like)
         return problem
-
 
 
 class MPPI(Solver):
