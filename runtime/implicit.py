@@ -151,7 +151,8 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iters: int, tol: Optional[floa
     return x
 
 
-def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: Union[float, Tensor] = 1.0) -> Tensor:
+def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: Union[float, Tensor] = 1.0,
+            tol: Optional[float] = None) -> Tensor:
     """x (B, k) ~ A^{-1} b by the truncated Neumann series of A^{-1} with step alpha (a number,
     or (B, 1) for one step per row),
 
@@ -160,10 +161,14 @@ def neumann(matvec: MatVec, b: Tensor, iters: int, alpha: Union[float, Tensor] =
     i.e. Richardson's iteration x <- x + alpha (b - A x) from x = 0 (one product per term).
     It converges when the spectral radius of I - alpha A is below 1: for A = H symmetric
     positive definite, 0 < alpha < 2 / lambda_max(H); for A = I - J (a fixed point's adjoint
-    system (I - J') w = v), alpha = 1 gives x = sum_i J'^i v, convergent for a contraction."""
+    system (I - J') w = v), alpha = 1 gives x = sum_i J'^i v, convergent for a contraction.
+    With `tol`, it stops early once a term's largest entry is <= tol times x's."""
     x = torch.zeros_like(b)
     for _ in range(iters):
-        x = x + alpha * (b - matvec(x))
+        step = alpha * (b - matvec(x))
+        x = x + step
+        if tol is not None and bool(step.abs().max() <= tol * x.abs().max()):
+            break
     return x
 
 
@@ -301,7 +306,7 @@ class _FixedPointSurrogate(torch.autograd.Function):
         rhs = v.reshape(B, -1)
         if options.solver is LinearSolver.NEUMANN:
             alpha = 1.0 if options.alpha is None else options.alpha
-            w = neumann(adjoint, rhs, options.iters, alpha)
+            w = neumann(adjoint, rhs, options.iters, alpha, options.tol)
         else:
             forward_map = _jacobian_product(Tz, leaf)
             w = conjugate_gradient(lambda p: forward_map(adjoint(p)), forward_map(rhs),

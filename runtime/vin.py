@@ -31,19 +31,19 @@ Backward options:
   once a term is <= tol relative to u, and at the latest after n terms with gamma^n / (1 - gamma)
   <= tol (a bound on the relative error of u). Memory is that of one step of T, independent of K.
 
-`FixedPoint` (the module-level autograd Function) is generic in the operator; it belongs in
-`runtime/implicit.py` once that module exists.
+The implicit backward is `runtime.implicit.implicit_fixed_point` (the Neumann series there).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from runtime.grid import GridSolution, check_actions, check_maps, greedy_path, one_hot_cells
+from runtime.implicit import Backward, implicit_fixed_point
 
 BACKWARDS = ("unroll", "implicit")
 GOAL_PRIOR = 10.0   # the paper's goal channel value
@@ -53,41 +53,6 @@ class VINOutput(NamedTuple):
     values: Tensor   # (B, H, W) v_K
     logits: Tensor   # (B, A)    action logits at the start cell
     q: Tensor        # (B, C, H, W) the last q map (feed `VIN.action_logits` for every cell's logits)
-
-
-class FixedPoint(torch.autograd.Function):
-    """z* = operator(z*, *params), differentiated by the implicit function theorem (Neumann series).
-
-    forward(operator, z_star, max_terms, tol, *params) returns z_star unchanged (computed by the
-    caller, without a graph); backward solves u = g + J^T u by the Neumann series, one VJP of the
-    operator at z_star per term, stopping after max_terms terms or once a term's largest entry is
-    <= tol times u's, and returns (dT/dparams)^T u. The operator must be a contraction for the
-    series to converge.
-    """
-
-    @staticmethod
-    def forward(ctx, operator: Callable[..., Tensor], z_star: Tensor, max_terms: int, tol: float,
-                *params: Tensor) -> Tensor:
-        ctx.operator, ctx.max_terms, ctx.tol = operator, max_terms, tol
-        ctx.save_for_backward(z_star, *params)
-        return z_star.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        z_star, *params = ctx.saved_tensors
-        with torch.enable_grad():
-            z = z_star.detach().requires_grad_()
-            leaves = [p.detach().requires_grad_(needed) for p, needed in zip(params, ctx.needs_input_grad[4:])]
-            out = ctx.operator(z, *leaves)
-            u, term = grad, grad
-            for _ in range(ctx.max_terms):
-                term, = torch.autograd.grad(out, z, term, retain_graph=True)
-                u = u + term
-                if term.abs().max() <= ctx.tol * u.abs().max():
-                    break
-            wanted = [leaf for leaf in leaves if leaf.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, u) if wanted else ())
-        return (None, None, None, None, *(next(grads) if leaf.requires_grad else None for leaf in leaves))
 
 
 class VIN(nn.Module):
@@ -161,7 +126,8 @@ class VIN(nn.Module):
                 if converged:
                     break
         terms = math.ceil(math.log(self.tol * (1.0 - self.discount)) / math.log(self.discount))
-        return FixedPoint.apply(self.bellman, v, max(terms, 1), self.tol, q_r, kernel)
+        return implicit_fixed_point(v, lambda z: self.bellman(z, q_r, kernel),
+                                    Backward.implicit("neumann", iters=max(terms, 1), tol=self.tol))
 
     def q_map(self, occupancy: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:
         """values v_K (B, H, W) and the final q (B, C, H, W) for maps (B, H, W) and goals (B, 2).

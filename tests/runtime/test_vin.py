@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 
 from runtime.gridworld import generate
-from runtime.vin import VIN, FixedPoint, load_vin
+from runtime.vin import VIN, load_vin
 from runtime.vin_training import ExpertTensors, TrainSettings, batch_loss, evaluate_vin, train_vin
 
 
@@ -58,18 +58,6 @@ def test_implicit_agrees_with_unroll_at_large_k(tiny_maps):
     for g_unroll, g_implicit in zip(grads["unroll"], grads["implicit"]):
         assert g_unroll.abs().max() > 1e-3
         torch.testing.assert_close(g_implicit, g_unroll, rtol=1e-8, atol=1e-10)
-
-
-def test_fixed_point_function_solves_a_linear_contraction():
-    """z* = A z* + b with |A| < 1: dz*/db = (I - A)^{-1}, compared with a dense solve."""
-    torch.manual_seed(0)
-    A = 0.3 * torch.randn(4, 4, dtype=torch.float64) / 2
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    z_star = torch.linalg.solve(torch.eye(4, dtype=torch.float64) - A, b.detach())
-    z = FixedPoint.apply(lambda z, b: A @ z + b, z_star, 200, 1e-15, b)
-    grad, = torch.autograd.grad(z.sum(), b)
-    expected = torch.linalg.solve((torch.eye(4, dtype=torch.float64) - A).T, torch.ones(4, dtype=torch.float64))
-    torch.testing.assert_close(grad, expected)
 
 
 @pytest.mark.parametrize("actions", [4, 8])
