@@ -42,10 +42,23 @@ Ordinal = Callable[[str], str]      # prefix -> "prefix#k", k counting from 1 pe
 
 
 class Declaration:
-    """How one kind of declaration enters the graph. Subclasses override what differs."""
+    """How one kind of declaration parses and enters the graph. Subclasses override what differs.
+
+    Core declarations are parsed by rules in `grammar.lark`; an extension declaration brings its
+    own Lark `rule` (defining `<kind>_decl`, its keyword a string literal) and `build`s its AST
+    node from the rule's children, so adding one touches this file only."""
 
     ast_type: type
     kind: NodeKind
+    rule = ""
+
+    @property
+    def rule_name(self) -> str:
+        return f"{self.kind.value}_decl"
+
+    def build(self, span, children: list, token_span):
+        """The AST node of a parsed `rule` (`token_span(tok)` locates a token)."""
+        raise NotImplementedError(f"{type(self).__name__} is parsed by grammar.lark")
     local_names = False     # True: names in options may be the block's own (checked by its consumer)
 
     def node_id(self, decl, ordinal: Ordinal) -> str:
@@ -134,6 +147,10 @@ class Horizon(Declaration):
 
 class Let(Declaration):
     ast_type, kind = ast.LetDecl, NodeKind.LET
+    rule = 'let_decl: "let" NAME "=" expr'
+
+    def build(self, span, children, token_span):
+        return ast.LetDecl(span, str(children[0]), children[1])
 
     def node_id(self, decl, ordinal):
         return f"let:{decl.name}"
@@ -193,6 +210,11 @@ class Constraint(Declaration):
 
 class Guess(Declaration):
     ast_type, kind = ast.GuessDecl, NodeKind.GUESS
+    rule = 'guess_decl: "guess" NAME "=" expr'
+
+    def build(self, span, children, token_span):
+        name, expr = children
+        return ast.GuessDecl(span, str(name), token_span(name), expr)
 
     def node_id(self, decl, ordinal):
         return f"guess:{decl.target}"
@@ -206,6 +228,10 @@ class Guess(Declaration):
 
 class Block(Declaration):
     ast_type, kind = ast.BlockDecl, NodeKind.BLOCK
+    rule = 'block_decl: "block" NAME "=" call_expr'
+
+    def build(self, span, children, token_span):
+        return ast.BlockDecl(span, str(children[0]), children[1])
 
     def node_id(self, decl, ordinal):
         return f"block:{decl.name}"
@@ -225,6 +251,11 @@ class Block(Declaration):
 
 class Continual(Declaration):
     ast_type, kind = ast.ContinualDecl, NodeKind.CONTINUAL
+    rule = 'continual_decl: "continual" NAME "by" call_expr (PLUS call_expr)*'
+
+    def build(self, span, children, token_span):
+        name, *methods = children
+        return ast.ContinualDecl(span, str(name), token_span(name), tuple(m for m in methods if isinstance(m, ast.Call)))
 
     def node_id(self, decl, ordinal):
         return f"continual:{decl.block}"
@@ -247,6 +278,13 @@ class Braced(Declaration):
 
     def __init__(self, kind: NodeKind):
         self.kind = kind
+        # its own newline rule: sharing `_NL+` with the top level would let a setting's NAME shadow keywords
+        self.rule = f'{kind.value}_decl: "{kind.value}" [STRING] "{{" (_NL | setting _NL)* "}}"'
+
+    def build(self, span, children, token_span):
+        label, *settings = children
+        label = ast.String(token_span(label), str(label)[1:-1]) if label is not None else None
+        return ast.BracedDecl(span, self.kind.value, label, tuple(settings))
 
     def options(self, decl):
         return [s.value for s in decl.settings if s.value is not None]
@@ -259,6 +297,10 @@ class Braced(Declaration):
 
 class Grid(Declaration):
     ast_type, kind = ast.GridDecl, NodeKind.GRID
+    rule = 'grid_decl: "grid" size "x" size'
+
+    def build(self, span, children, token_span):
+        return ast.GridDecl(span, children[0], children[1])
 
     def compile_time_names(self, decl):
         return [ast.Name(s.span, s.value) for s in (decl.height, decl.width) if isinstance(s.value, str)]
@@ -272,6 +314,10 @@ class Grid(Declaration):
 
 class Actions(Declaration):
     ast_type, kind = ast.ActionsDecl, NodeKind.ACTIONS
+    rule = 'actions_decl: "actions" size'
+
+    def build(self, span, children, token_span):
+        return ast.ActionsDecl(span, children[0])
 
     def compile_time_names(self, decl):
         return [ast.Name(decl.count.span, decl.count.value)] if isinstance(decl.count.value, str) else []
@@ -316,6 +362,17 @@ def declaration_of(decl) -> Declaration:
         if isinstance(decl, kind.ast_type):
             return kind
     raise TypeError(f"no declaration kind for {type(decl).__name__}")
+
+
+def extension_grammar() -> str:
+    """The Lark rules of the extension declarations and `_extension_decl`, their alternation."""
+    extensions = [d for d in DECLARATIONS if d.rule]
+    return "\n".join([f"_extension_decl: {' | '.join(d.rule_name for d in extensions)}"]
+                     + [d.rule for d in extensions]) + "\n"
+
+
+def extension_keywords() -> tuple[str, ...]:
+    return tuple(d.kind.value for d in DECLARATIONS if d.rule)
 
 
 def kind_of(node_kind: NodeKind) -> Declaration:

@@ -10,12 +10,13 @@ from lark import Token, Transformer, v_args
 from lark.lexer import PatternStr
 
 from planlang import ast
+from planlang.declarations import DECLARATIONS, extension_grammar, extension_keywords
 from planlang.errors import Diagnostic, PlanError, did_you_mean
 from planlang.source import Source, Span
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 KEYWORDS = ("plan", "const", "horizon", "state", "control", "param", "input", "learn",
-            "dynamics", "cost", "constraint", "solve", "let", "guess", "block", "train", "env", "continual", "grid", "actions")
+            "dynamics", "cost", "constraint", "solve") + extension_keywords()
 _OPEN = {"(": ")", "[": "]"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 
@@ -71,7 +72,7 @@ def _token_span(tok: Token) -> Span:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    return lark.Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual",
+    return lark.Lark(GRAMMAR.read_text() + extension_grammar(), parser="lalr", lexer="contextual",
                      propagate_positions=True, postlex=_BracketPostLexer(), maybe_placeholders=True)
 
 
@@ -240,32 +241,6 @@ class _ToAST(Transformer):
         return ast.SolveDecl(_span(meta), str(name), tuple(a for a in args if isinstance(a, ast.Keyword)),
                              tuple(a for a in args if not isinstance(a, ast.Keyword)))
 
-    def grid_decl(self, meta, children):
-        return ast.GridDecl(_span(meta), children[0], children[1])
-
-    def actions_decl(self, meta, children):
-        return ast.ActionsDecl(_span(meta), children[0])
-
-    def let_decl(self, meta, children):
-        return ast.LetDecl(_span(meta), str(children[0]), children[1])
-
-    def guess_decl(self, meta, children):
-        name, expr = children
-        return ast.GuessDecl(_span(meta), str(name), _token_span(name), expr)
-
-    def block_decl(self, meta, children):
-        return ast.BlockDecl(_span(meta), str(children[0]), children[1])
-
-    def continual_decl(self, meta, children):
-        name, *methods = children
-        return ast.ContinualDecl(_span(meta), str(name), _token_span(name),
-                                 tuple(m for m in methods if isinstance(m, ast.Call)))
-
-    def braced_decl(self, meta, children):
-        keyword, label, *settings = children
-        label = ast.String(_token_span(label), str(label)[1:-1]) if label is not None else None
-        return ast.BracedDecl(_span(meta), str(keyword), label, tuple(settings))
-
     def setting(self, meta, children):
         name, value = children
         return ast.Setting(_span(meta), str(name), value)
@@ -318,3 +293,15 @@ class _ToAST(Transformer):
 
     def keyword(self, meta, children):
         return ast.Keyword(_span(meta), str(children[0]), children[1])
+
+
+def _extension_builder(declaration):
+    """A transformer method that hands an extension rule's children to its declaration class."""
+    def build(self, meta, children):
+        return declaration.build(_span(meta), children, _token_span)
+    return v_args(meta=True)(build)
+
+
+for _declaration in DECLARATIONS:
+    if _declaration.rule:
+        setattr(_ToAST, _declaration.rule_name, _extension_builder(_declaration))
