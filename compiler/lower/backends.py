@@ -13,7 +13,7 @@ import networkx as nx
 import torch
 
 from compiler import quadform as qf
-from compiler.codegen import NumericFunction, StackedFunction
+from compiler.codegen import StackedFunction
 from compiler.context import PlanInfo
 from compiler.evaluate import Env, evaluate
 from compiler.integrators import INTEGRATORS
@@ -41,27 +41,62 @@ class _Lowered:
         self.parts = TrajectoryProblem.of(graph, layout)
         self.transition = self.parts.transition
         self.stage_costs, self.final_costs = self.parts.stage_costs, self.parts.final_costs
-        self.numeric_stage = [NumericFunction(e, f"stage_cost_{i}") for i, e in enumerate(self.stage_costs)]
-        self.numeric_final = [NumericFunction(e, f"final_cost_{i}") for i, e in enumerate(self.final_costs)]
+        # Rollouts call the dynamics T times per trial: one generated function of the stacked (x, u)
+        # for all states (and one for all stage / final costs) shares sub-expressions and needs no
+        # per-call dict of named values.
+        n, offsets, slices = layout.n, layout.offsets(), {}
+        for var in layout.states + layout.controls:
+            s = offsets[var.ref]
+            vec, s = ("x", s) if s.start < n else ("u", slice(s.start - n, s.stop - n))
+            slices[var.ref] = (vec, s, var.shape == ())
+        self._slices = slices
+        self._field = StackedFunction(tuple(self.transition.exprs[v.ref] for v in layout.states),
+                                      tuple(v.size for v in layout.states), slices, "dynamics")
+        self._stage = StackedFunction(tuple(self.stage_costs), (1,) * len(self.stage_costs), slices, "stage_costs") \
+            if self.stage_costs else None
+        self._final = StackedFunction(tuple(self.final_costs), (1,) * len(self.final_costs), slices, "final_costs") \
+            if self.final_costs else None
 
     def as_text(self) -> str:
         """The lowered plan: solver, options and the generated code of dynamics and costs."""
         options = ", ".join(f"{k}={v}" for k, v in self.info.options.items())
-        functions = [*self.transition.numeric.values(), *self.numeric_stage, *self.numeric_final]
+        functions = [f for f in (self._field, self._stage, self._final) if f is not None]
         head = f"{type(self).__name__}: solve {self.info.solver}({options}), horizon {self.horizon}, " \
                f"n={self.layout.n}, m={self.layout.m}, exact jets: {'yes' if self.parts.has_jets else 'no (autodiff)'}"
-        return "\n".join([head] + [f.as_source() for f in functions])
+        return "\n".join([head] + [f.source for f in functions])
+
+    def dynamics(self, env: Env, like: torch.Tensor):
+        """(x (B, n), u (B, m)) -> x_{t+1} (B, n) with `env` bound (integrated if continuous)."""
+        field, integrator = self._field.bind(env, like), self.transition.integrator
+        if integrator is None:
+            return field
+        integrate, dt = INTEGRATORS[integrator[0]], integrator[1]
+        return lambda x, u: integrate(lambda s: {"x": field(s["x"], u)}, {"x": x}, dt)["x"]
+
+    def stage_costs_of(self, env: Env, like: torch.Tensor):
+        """(x (B, n), u (B, m)) -> the summed stage costs (B,) with `env` bound."""
+        if self._stage is None:
+            return lambda x, u: x.new_zeros(x.shape[0])
+        stage = self._stage.bind(env, like)
+        return lambda x, u: stage(x, u).sum(1)
+
+    def final_costs_of(self, env: Env, like: torch.Tensor):
+        """x (B, n) -> the summed final costs (B,) with `env` bound."""
+        if self._final is None:
+            return lambda x: x.new_zeros(x.shape[0])
+        final = self._final.bind(env, like)
+        return lambda x: final(x, None).sum(1)
 
     def step(self, env: Env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """x_{t+1} (B, n) from x (B, n) and u (B, m)."""
-        return self.transition.stacked({**env, **self.layout.numeric(x, u)}, like)
+        return self.dynamics(env, like)(x, u)
 
     def stage_cost(self, env: Env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Sum of the stage costs at (x (B, n), u (B, m)): (B,)."""
-        return _total(self.numeric_stage, {**env, **self.layout.numeric(x, u)}, like, x.shape[0])
+        return self.stage_costs_of(env, like)(x, u)
 
     def final_cost(self, env: Env, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return _total(self.numeric_final, {**env, **self.layout.numeric(x, None)}, like, x.shape[0])
+        return self.final_costs_of(env, like)(x)
 
     def control_bounds(self, env: Env, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Control limits as (b, 1, m) tensors (+-inf where a control has none)."""
@@ -97,13 +132,6 @@ class _Lowered:
             part = offsets[var.ref]
             u[:, :, part.start - n:part.stop - n] = value.expand(batch, self.horizon, var.size)
         return u
-
-
-def _total(functions, env, like, batch: int) -> torch.Tensor:
-    total = like.new_zeros(batch)
-    for fn in functions:
-        total = total + fn(env, like)
-    return total
 
 
 # ---------------------------------------------------------------- LQR and QP
@@ -162,43 +190,9 @@ class ILQRBackend(_Lowered):
 
     def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
         super().__init__(graph, info, layout)
-        # Rollouts call the dynamics T times per line-search trial: one generated function of the
-        # stacked (x, u) for all states (and one for all stage / final costs) avoids per-call dicts.
-        n, offsets, slices = layout.n, layout.offsets(), {}
-        for var in layout.states + layout.controls:
-            s = offsets[var.ref]
-            vec, s = ("x", s) if s.start < n else ("u", slice(s.start - n, s.stop - n))
-            slices[var.ref] = (vec, s, var.shape == ())
-        states = layout.states
-        self._field = StackedFunction(tuple(self.transition.exprs[v.ref] for v in states),
-                                      tuple(v.size for v in states), slices, "dynamics")
-        self._stage = StackedFunction(tuple(self.stage_costs), (1,) * len(self.stage_costs), slices, "stage_costs") \
-            if self.stage_costs else None
-        self._final = StackedFunction(tuple(self.final_costs), (1,) * len(self.final_costs), slices, "final_costs") \
-            if self.final_costs else None
-        self._constraints = {sense: [(StackedFunction((ir,), (math.prod(ir.shape),), slices, f"constraint_{i}"), where)
-                                     for i, (ir, s, where) in enumerate(self.parts.constraints) if s is sense]
+        self._constraints = {sense: [(StackedFunction((ir,), (math.prod(ir.shape),), self._slices, f"constraint_{i}"),
+                                      where) for i, (ir, s, where) in enumerate(self.parts.constraints) if s is sense]
                              for sense in (Cmp.LE, Cmp.EQ)}
-
-    def _callables(self, env: Env, like: torch.Tensor):
-        """(dynamics, stage_cost, final_cost) on stacked tensors with `env` bound."""
-        field, integrator = self._field.bind(env, like), self.transition.integrator
-        if integrator is None:
-            dynamics = field
-        else:
-            integrate, dt = INTEGRATORS[integrator[0]], integrator[1]
-            dynamics = lambda x, u: integrate(lambda s: {"x": field(s["x"], u)}, {"x": x}, dt)["x"]
-        if self._stage is None:
-            stage_cost = lambda x, u: x.new_zeros(x.shape[0])           # noqa: E731
-        else:
-            stage = self._stage.bind(env, like)
-            stage_cost = lambda x, u: stage(x, u).sum(1)                # noqa: E731
-        if self._final is None:
-            final_cost = lambda x: x.new_zeros(x.shape[0])              # noqa: E731
-        else:
-            final = self._final.bind(env, like)
-            final_cost = lambda x: final(x, None).sum(1)                # noqa: E731
-        return dynamics, stage_cost, final_cost
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
         batch = x0.shape[0]
@@ -209,7 +203,8 @@ class ILQRBackend(_Lowered):
 
         lower, upper = self.control_bounds(env, like)
         exact = self._exact(env, like) if self.parts.has_jets else ExactDerivatives()
-        dynamics, stage_cost, final_cost = self._callables(env, like)
+        dynamics, stage_cost, final_cost = self.dynamics(env, like), self.stage_costs_of(env, like), \
+            self.final_costs_of(env, like)
         inequality, equality = (self._constraint(sense, dynamics, env, like) for sense in (Cmp.LE, Cmp.EQ))
         problem = ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, exact, inequality=inequality,
                               equality=equality)
