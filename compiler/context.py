@@ -37,6 +37,18 @@ class GridInfo:
     actions: int
 
 
+@dataclass(frozen=True)
+class AgentsInfo:
+    """A joint plan's agent count N and its energy terms (typed IR): unary `energy agent` and
+    pairwise `energy pair` lines, each split into stage (summed over t < T) and final (at x_T)."""
+
+    count: int
+    agent_stage: tuple[Expr, ...] = ()
+    agent_final: tuple[Expr, ...] = ()
+    pair_stage: tuple[Expr, ...] = ()
+    pair_final: tuple[Expr, ...] = ()
+
+
 @dataclass
 class PlanInfo:
     """Results of the checking passes, consumed by lowering."""
@@ -52,11 +64,14 @@ class PlanInfo:
     env: object = None                                             # compiler.envs.EnvSpec of an `env` block
     train: dict = field(default_factory=dict)                      # `train { }`: TrainConfig fields
     grid: GridInfo | None = None                                   # set for grid plans (`grid H x W`)
+    agents: AgentsInfo | None = None                               # set for joint plans (`agents N`)
 
     @property
     def family(self) -> str:
-        """The problem family: 'grid' for grid plans, else 'trajectory'."""
-        return "grid" if self.grid is not None else "trajectory"
+        """The problem family: 'grid' for grid plans, 'joint' for plans with `agents N`, else 'trajectory'."""
+        if self.grid is not None:
+            return "grid"
+        return "joint" if self.agents is not None else "trajectory"
 
     def of_kind(self, kind) -> list[VarInfo]:
         return [v for v in self.variables.values() if v.ref.kind is kind]

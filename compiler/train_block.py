@@ -34,6 +34,8 @@ LOSS = Variant({
                          sample_noise=Option(Number(minimum=0), 0.1), bandwidth=Option(_POS, None)),
     "nll": Schema(negatives=Option(NEGATIVES, NEGATIVES.parse_default("langevin")), samples=Option(_INT, 8),
                   temperature=Option(_POS, 1.0)),
+    # joint plans (`agents N`): each agent's ground truth among its candidates, its marginal maximized
+    "classification": Schema(),
 })
 OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)), "sgd": Schema(lr=Option(_POS, 1e-2))})
 SETTINGS = {

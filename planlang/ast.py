@@ -334,8 +334,28 @@ class ActionsDecl:
     count: Size
 
 
+@dataclass(frozen=True)
+class AgentsDecl:
+    """`agents N`: N agents share the plan's states, controls, dynamics and costs (the joint family)."""
+
+    span: Span
+    count: Size
+
+
+@dataclass(frozen=True)
+class EnergyDecl:
+    """`energy agent|pair [stage|final] = expr`: a unary or pairwise term of a joint plan's energy."""
+
+    span: Span
+    role: str
+    role_span: Span
+    when: When
+    expr: Expr
+
+
 Decl = Union[VarDecl, ConstDecl, HorizonDecl, DynamicsDecl, CostDecl, ConstraintDecl, SolveDecl,
-             LetDecl, GuessDecl, BlockDecl, BracedDecl, ContinualDecl, GridDecl, ActionsDecl]
+             LetDecl, GuessDecl, BlockDecl, BracedDecl, ContinualDecl, GridDecl, ActionsDecl, AgentsDecl,
+             EnergyDecl]
 
 
 @dataclass(frozen=True)

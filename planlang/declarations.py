@@ -35,6 +35,8 @@ class NodeKind(Enum):
     ENV = "env"
     GRID = "grid"
     ACTIONS = "actions"
+    AGENTS = "agents"
+    ENERGY = "energy"
     SOLVE = "solve"
 
 
@@ -326,6 +328,44 @@ class Actions(Declaration):
         return str(decl.count.value)
 
 
+class Agents(Declaration):
+    ast_type, kind = ast.AgentsDecl, NodeKind.AGENTS
+    rule = 'agents_decl: "agents" size'
+
+    def build(self, span, children, token_span):
+        return ast.AgentsDecl(span, children[0])
+
+    def compile_time_names(self, decl):
+        return [ast.Name(decl.count.span, decl.count.value)] if isinstance(decl.count.value, str) else []
+
+    def text(self, decl):
+        return str(decl.count.value)
+
+
+class Energy(Declaration):
+    """`energy agent = e` (unary) or `energy pair = e` (pairwise, reads `other.x`), optionally
+    `stage` (the default: summed over t < T) or `final` (at x_T)."""
+
+    ast_type, kind = ast.EnergyDecl, NodeKind.ENERGY
+    rule = 'energy_decl: "energy" NAME [WHEN] "=" expr'
+
+    def build(self, span, children, token_span):
+        role, when, expr = children
+        return ast.EnergyDecl(span, str(role), token_span(role), ast.When(str(when)) if when else ast.When.STAGE, expr)
+
+    def node_id(self, decl, ordinal):
+        return ordinal(f"energy:{decl.role}:{decl.when.value}")
+
+    def expr(self, decl):
+        return decl.expr
+
+    def attrs(self, decl):
+        return {"role": decl.role, "when": decl.when}
+
+    def text(self, decl):
+        return f"{decl.role} {decl.when.value} = {ast.to_text(decl.expr)}"
+
+
 class Solve(Declaration):
     ast_type, kind = ast.SolveDecl, NodeKind.SOLVE
 
@@ -346,7 +386,7 @@ class Solve(Declaration):
 DECLARATIONS: tuple[Declaration, ...] = (
     *(Variable(NodeKind(k.value)) for k in ast.VarKind),
     Const(), Horizon(), Let(), Dynamics(), Cost(), Constraint(), Guess(), Block(), Continual(),
-    Braced(NodeKind.TRAIN), Braced(NodeKind.ENV), Grid(), Actions(), Solve(),
+    Braced(NodeKind.TRAIN), Braced(NodeKind.ENV), Grid(), Actions(), Agents(), Energy(), Solve(),
 )
 _BY_KIND = {d.kind: d for d in DECLARATIONS}
 VALUE_KINDS = frozenset({NodeKind.CONST, NodeKind.LET, *(NodeKind(k.value) for k in ast.VarKind)})

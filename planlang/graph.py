@@ -15,7 +15,7 @@ from planlang import ast
 from planlang.declarations import VALUE_KINDS, NodeKind, declaration_of
 from planlang.errors import Collector
 
-BUILTIN_NAMES = frozenset({"pi"})
+BUILTIN_NAMES = frozenset({"pi", "other"})     # `other`: the other agent in `energy pair`
 NAMED_KINDS = VALUE_KINDS
 
 

@@ -215,3 +215,32 @@ def classification_loss(unary: Tensor, pairwise: Tensor, gt_index: Tensor,
         raise ValueError(f"gt_index must be (B, N) = {tuple(log_marginals.shape[:2])}, "
                          f"got {tuple(gt_index.shape)}")
     return -log_marginals.gather(2, gt_index[..., None]).squeeze(2).sum(1)
+
+
+def refine_plan(unary: Tensor, pairwise: Tensor, plan: Tensor, steps: int) -> Tensor:
+    """Greedy coordinate descent on E from `plan` (B, N): a better (or equal) joint plan (B, N).
+
+    Each step computes, for every agent i and candidate a, the energy of moving agent i alone to
+    a, L_i(a) = U_i(a) + sum_{j != i} S_ij(a, s_j), and moves the one agent per scene whose
+    move lowers E the most (scenes where no move helps stay put), so E(plan) never increases
+    and the result is a local minimum once no move helps (or after `steps` steps). Loopy BP's
+    max-product plan on strongly coupled graphs (hard collision energies) can be far from the
+    MAP; a few steps fix that. No gradient flows (the plan is discrete).
+    """
+    check_energies(unary, pairwise)
+    B, N, K = unary.shape
+    scenes = torch.arange(B, device=unary.device)
+    with torch.no_grad():
+        S = symmetric_pairwise(pairwise)
+        for _ in range(steps):
+            others = plan[:, None, :, None, None].expand(B, N, N, K, 1)
+            local = unary + S.gather(4, others).squeeze(4).sum(2)          # (B, N(i), K(a))
+            gain = local.gather(2, plan[..., None]).squeeze(2) - local.amin(2)
+            best_gain, agent = gain.max(1)
+            improves = best_gain > 1e-9 * (1.0 + local.abs().amax((1, 2)))
+            if not bool(improves.any()):
+                break
+            moved = plan.clone()
+            moved[scenes, agent] = local[scenes, agent].argmin(1)
+            plan = torch.where(improves[:, None], moved, plan)
+    return plan

@@ -157,3 +157,33 @@ def insert_candidates(candidates: Candidates, x: Tensor, u: Tensor, index: Tenso
     cx[scene, agent, index] = x.to(cx)
     cu[scene, agent, index] = u.to(cu)
     return Candidates(cx, cu)
+
+
+def endpoint_projector(jacobian: Tensor) -> Tensor:
+    """P (R, D, D) = I - G'(G G')^-1 G for terminal-state Jacobians G = dx_T/du (R, n, D).
+
+    Control perturbations P d leave the final state unchanged to first order (exactly for
+    linear dynamics): candidates built from them reach wherever the nominal plan reaches. A
+    small ridge (1e-9 of the largest diagonal of G G') keeps rank-deficient G usable.
+    """
+    gram = jacobian @ jacobian.mT
+    ridge = 1e-9 * gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30)[..., None, None]
+    eye_n = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    solved = torch.linalg.solve(gram + ridge * eye_n, jacobian)                 # (R, n, D)
+    eye_d = torch.eye(jacobian.shape[-1], dtype=gram.dtype, device=gram.device)
+    return eye_d - jacobian.mT @ solved
+
+
+def sine_modes(T: int, modes: int, like: Tensor) -> Tensor:
+    """(modes + 2, T): sin(pi k (t + 1/2) / T), k = 1..modes + 2, the smooth control shapes that
+    perturbations are built from (2 more than `modes`, as the endpoint projection removes two
+    directions per control component of a double integrator)."""
+    t = (torch.arange(T, dtype=like.dtype, device=like.device) + 0.5) / T
+    k = torch.arange(1, modes + 3, dtype=like.dtype, device=like.device)
+    return torch.sin(torch.pi * k[:, None] * t[None, :])
+
+
+def coefficient_lattice(levels: int, spread: float, dims: int, like: Tensor) -> Tensor:
+    """(levels^dims, dims): every combination of `levels` values evenly spaced in [-spread, spread]."""
+    values = torch.linspace(-spread, spread, levels, dtype=like.dtype, device=like.device)
+    return torch.cartesian_prod(*[values] * dims).reshape(-1, dims)

@@ -203,6 +203,8 @@ class PlanModule(nn.Module):
         if self.info.family == "grid":
             env, _, like = self.bind(values, initial_states=False)
             return self.backend(env, like)
+        if self.info.family == "joint":       # agent axis in states and inputs: compiler.lower.joint
+            return self.backend.solve(self, values)
         env, x0, like = self.bind(values)
         if warm_start is not None:
             warm_start = self._warm_start(warm_start, x0.shape[0], like)

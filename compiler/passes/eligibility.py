@@ -30,7 +30,8 @@ def run(graph: nx.DiGraph) -> PassResult:
     if decl.positional:
         errors.add(decl.positional[0].span, "solver options are given by name", "e.g. `solve ilqr(iters=50)`")
     if solver.family != info.family:
-        what = "a grid (`grid H x W`)" if solver.family == "grid" else "states, controls and dynamics over a horizon"
+        what = {"grid": "a grid (`grid H x W`)", "joint": "several agents (`agents N`)"}.get(
+            solver.family, "states, controls and dynamics over a horizon")
         takers = [n for n in PREFERENCE if SOLVERS[n].family == info.family]
         errors.add(decl.span, f"solve {solver.name} plans over {what}; this is a {info.family} plan",
                    "solvers for it: " + ", ".join(takers))

@@ -24,7 +24,7 @@ import networkx as nx
 import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
-from compiler.context import GridInfo, PlanInfo, VarInfo
+from compiler.context import AgentsInfo, GridInfo, PlanInfo, VarInfo
 from compiler.envs import env_spec
 from compiler.train_block import train_settings
 from compiler.evaluate import evaluate
@@ -116,6 +116,8 @@ def run(graph: nx.DiGraph) -> PassResult:
             elif data["kind"] is NodeKind.COST:
                 modified |= annotate(graph, node, "ir", typer.cost(decl), _fp)
                 _check_final_cost(decl, data["ir"])
+            elif data["kind"] is NodeKind.ENERGY:
+                modified |= annotate(graph, node, "ir", typer.energy(decl, "agents" in graph), _fp)
             elif data["kind"] is NodeKind.CONSTRAINT:
                 ir, sense = typer.constraint(decl)
                 modified |= annotate(graph, node, "ir", ir, _fp)
@@ -128,6 +130,11 @@ def run(graph: nx.DiGraph) -> PassResult:
         if var is not None:
             data["shape"] = var.shape
     errors.raise_if_any()
+    if "agents" in graph:
+        try:
+            info.agents = _agents(graph, typer)
+        except Located as err:
+            errors.add(err.span, err.message, err.hint)
     _check_one_integrator(graph, errors)
     errors.raise_if_any()
     old = graph.graph.get("plan_info")
@@ -261,6 +268,27 @@ def _check_stage_data(graph: nx.DiGraph, info: PlanInfo, errors: Collector) -> N
                    "the solvers keep (n + m) x (n + m) matrices for every stage; shorten the horizon")
 
 
+def _agents(graph: nx.DiGraph, typer: "Typer") -> AgentsInfo:
+    """`agents N` (N >= 2) and the plan's typed energies; joint plans are not grid plans and
+    have constraints only as control boxes (the proposals keep to them)."""
+    count = graph.nodes["agents"]["decl"].count
+    agents = typer.size(count)
+    if agents < 2:
+        raise Located(count.span, f"a multi-agent plan needs at least 2 agents, got {agents}")
+    if "grid" in graph:
+        raise Located(graph.nodes["agents"]["span"], "`agents` plans move states by dynamics; a grid plan has none")
+    for _, data in graph.nodes(data=True):
+        if data["kind"] is NodeKind.CONSTRAINT:
+            raise Located(data["span"], "a multi-agent plan takes no `constraint` lines",
+                          "write the condition as an energy (e.g. a hinge penalty) or a control box")
+    terms = {(role, when): [] for role in ("agent", "pair") for when in ("stage", "final")}
+    for _, data in sorted(graph.nodes(data=True), key=lambda item: item[0]):
+        if data["kind"] is NodeKind.ENERGY:
+            terms[data["role"], data["when"].value].append(data["ir"])
+    return AgentsInfo(agents, *(tuple(terms[key]) for key in (("agent", "stage"), ("agent", "final"),
+                                                              ("pair", "stage"), ("pair", "final"))))
+
+
 def _whole(value: torch.Tensor) -> int | None:
     """The value of a one-element tensor if it is a finite integer, else None."""
     if value.numel() != 1:
@@ -291,6 +319,7 @@ class Typer:
     def __init__(self, info: PlanInfo):
         self.info = info
         self.lets: dict[str, ast.LetDecl] = {}      # `let` declarations, typed on first use
+        self.other = False                           # `other.x` allowed (inside `energy pair`)
 
     def let(self, name: str) -> Expr:
         """The typed expression of `let name = ...` (memoized; cycles were rejected by resolve)."""
@@ -420,6 +449,43 @@ class Typer:
                            "reduce it, e.g. sum(...) or norm(...)")
         return typed
 
+    def energy(self, decl: ast.EnergyDecl, has_agents: bool) -> Expr:
+        """`energy agent|pair [stage|final] = e`: a scalar; `other.NAME` only in pair energies,
+        controls (own or other's) not in final ones."""
+        if not has_agents:
+            raise Located(decl.span, "`energy` lines belong to multi-agent plans", "declare the agents: `agents 4`")
+        if decl.role not in ("agent", "pair"):
+            raise Located(decl.role_span, f"an energy is `energy agent = ...` (unary) or `energy pair = ...` "
+                                          f"(pairwise), got '{decl.role}'", did_you_mean(decl.role, ("agent", "pair")))
+        self.other = decl.role == "pair"
+        try:
+            typed = self.expr(decl.expr)
+        finally:
+            self.other = False
+        if typed.shape != ():
+            raise Located(decl.expr.span, f"an energy must be a scalar, got shape {format_shape(typed.shape)}",
+                          "reduce it, e.g. sum(...) or norm(...)")
+        controls = sorted(r.name for r in typed.variables() if r.kind is ast.VarKind.CONTROL)
+        if decl.when is ast.When.FINAL and controls:
+            raise Located(decl.expr.span, f"energy {decl.role} final sees states only, but this uses control "
+                                          f"'{controls[0]}'", "move this term to a stage energy")
+        return typed
+
+    def _attribute(self, e: ast.Attribute) -> Expr:
+        """`other.NAME`: the other agent's state, control or input in a pairwise energy."""
+        if not (isinstance(e.base, ast.Name) and e.base.id == "other"):
+            raise Located(e.span, "the only attribute is `other.NAME` (the other agent in `energy pair`)")
+        if not self.other:
+            raise Located(e.span, f"`other.{e.name}` reads the other agent of a pairwise energy; it is only "
+                                  "available in `energy pair = ...`", "declare `agents N` and an `energy pair` line")
+        var = self.info.variables.get(e.name)
+        if var is None or var.ref.kind not in (ast.VarKind.STATE, ast.VarKind.CONTROL, ast.VarKind.INPUT):
+            per_agent = [v.ref.name for v in self.info.variables.values()
+                         if v.ref.kind in (ast.VarKind.STATE, ast.VarKind.CONTROL, ast.VarKind.INPUT)]
+            raise Located(e.span, f"`other.{e.name}`: each agent has its own states, controls and inputs, and "
+                                  f"'{e.name}' is none of them", did_you_mean(e.name, per_agent) or "")
+        return Expr(Op.VAR, (), var.shape, e.span, VarRef(var.ref.kind, f"other.{e.name}"))
+
     def constraint(self, decl: ast.ConstraintDecl):
         lhs, rhs = self.expr(decl.lhs), self.expr(decl.rhs)
         if decl.cmp is ast.Cmp.GE:
@@ -468,6 +534,8 @@ class Typer:
             return Expr(Op.STACK, tuple(items), (len(items),) + first, e.span)
         if isinstance(e, ast.Index):
             return self._index(e)
+        if isinstance(e, ast.Attribute):
+            return self._attribute(e)
         raise Located(e.span, f"unsupported expression {type(e).__name__}")
 
     def _name(self, e: ast.Name) -> Expr:
@@ -479,6 +547,8 @@ class Typer:
             value = self.info.consts[e.id]
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         var = self.info.variables.get(e.id)
+        if var is None and e.id == "other":
+            raise Located(e.span, "`other` is the other agent of `energy pair`: read its values as `other.x`")
         if var is None:
             raise Located(e.span, f"'{e.id}' is not available here")
         return Expr(Op.VAR, (), var.shape, e.span, var.ref)

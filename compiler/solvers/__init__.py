@@ -4,12 +4,13 @@ from compiler.solvers.base import ConstraintSupport, Solver
 from compiler.solvers.descent import Descent
 from compiler.solvers.grid import ValueIteration, ValueIterationNetwork
 from compiler.solvers.ilqr import ILQR
+from compiler.solvers.joint import Joint
 from compiler.solvers.lqr import LQR
 from compiler.solvers.qp import QP
 from compiler.solvers.sampling import CEM, MPPI
 
 SOLVERS: dict[str, Solver] = {s.name: s for s in (LQR(), QP(), ILQR(), Descent(), MPPI(), CEM(),
-                                                  ValueIteration(), ValueIterationNetwork())}
+                                                  ValueIteration(), ValueIterationNetwork(), Joint())}
 PREFERENCE = tuple(SOLVERS)
 
 __all__ = ["ConstraintSupport", "PREFERENCE", "SOLVERS", "Solver"]
