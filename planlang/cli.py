@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.npz")
     grid.set_defaults(handler=_gridworld)
+    scenes = kinds.add_parser("interactions", help="multi-agent scenes with a centralized joint-optimum ground truth "
+                              "(runtime.interactions documents the .npz)")
+    scenes.add_argument("--scene", required=True, choices=("intersection", "corridor_swap", "merge"))
+    scenes.add_argument("--agents", type=int, required=True)
+    scenes.add_argument("--n", type=int, required=True, help="number of scenes")
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--horizon", type=int, default=25, help="steps T (default 25)")
+    scenes.add_argument("--dt", type=float, default=0.4, help="time step in seconds (default 0.4)")
+    scenes.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.npz")
+    scenes.set_defaults(handler=_interactions)
 
     check = verbs.add_parser("check", help="compare the compiled solver with a cvxpy reference and finite differences")
     check.add_argument("file", type=Path)
@@ -233,6 +243,17 @@ def _gridworld(args) -> int:
     data = generate(args.size, args.maps, trajs=args.trajs, seed=args.seed)
     data.save(args.output)
     print(f"{args.maps} maps of {args.size}x{args.size} with {args.trajs} expert paths each written to "
+          f"{args.output} in {time.perf_counter() - start:.1f} s")
+    return EXIT_OK
+
+
+def _interactions(args) -> int:
+    from runtime.interactions import generate, save
+
+    start = time.perf_counter()
+    data = generate(args.scene, args.agents, args.n, args.seed, T=args.horizon, dt=args.dt)
+    save(data, args.output)
+    print(f"{args.n} {args.scene} scenes of {args.agents} agents (T={args.horizon}, dt={args.dt:g}) written to "
           f"{args.output} in {time.perf_counter() - start:.1f} s")
     return EXIT_OK
 

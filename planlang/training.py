@@ -311,6 +311,8 @@ def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[Trai
     if (config.checkpoint or resume) and plan is None:
         raise ValueError("writing or resuming a checkpoint needs plan= (the plan's text is stored with the weights)")
     state = read_checkpoint(resume, plan) if resume else None
+    if module.info.family == "joint" or config.loss == "classification":
+        return _train_joint(module, data, config, plan, state, callbacks)
     if isinstance(data, (str, Path)):
         demos = load_demos(data, dtype=witness.dtype)
         where = str(data)
@@ -332,4 +334,26 @@ def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[Trai
         history, _ = fit_dagger(trainer, train_set, dagger_collector(teacher, config.dagger_steps),
                                 config.dagger_rounds, validation)
         return history
+    return trainer.fit(train_set, validation)
+
+
+def _train_joint(module, data, config: TrainConfig, plan, state, callbacks) -> list[dict]:
+    """A joint plan (`agents N`) on interaction data with the classification loss
+    (`planlang.training_joint`)."""
+    from planlang.training_joint import classification_loss, load_interactions
+
+    if module.info.family != "joint" or config.loss != "classification":
+        raise ValueError(f"the classification loss trains joint plans (`agents N`, `solve joint`) and joint plans "
+                         f"train with it; plan '{module.plan_name}' is a {module.info.family} plan with "
+                         f"loss '{config.loss}'")
+    if config.dagger_rounds:
+        raise ValueError("DAgger does not apply to joint plans")
+    witness = next(iter(module.parameters()))
+    batch = {k: v.to(witness.device) for k, v in load_interactions(module, data, witness.dtype).items()}
+    if callbacks is None:
+        callbacks = default_callbacks(config, checkpoint_extra(plan) if plan is not None else None)
+    trainer = Trainer(module, classification_loss, config, callbacks)
+    if state is not None:
+        trainer.load_state_dict(state)
+    train_set, validation = split(batch, config.validation, config.seed)
     return trainer.fit(train_set, validation)

@@ -164,10 +164,10 @@ def endpoint_projector(jacobian: Tensor) -> Tensor:
 
     Control perturbations P d leave the final state unchanged to first order (exactly for
     linear dynamics): candidates built from them reach wherever the nominal plan reaches. A
-    small ridge (1e-9 of the largest diagonal of G G') keeps rank-deficient G usable.
+    ridge of eps (of the dtype) times the largest diagonal of G G' keeps rank-deficient G usable.
     """
     gram = jacobian @ jacobian.mT
-    ridge = 1e-9 * gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30)[..., None, None]
+    ridge = torch.finfo(gram.dtype).eps * gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30)[..., None, None]
     eye_n = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     solved = torch.linalg.solve(gram + ridge * eye_n, jacobian)                 # (R, n, D)
     eye_d = torch.eye(jacobian.shape[-1], dtype=gram.dtype, device=gram.device)

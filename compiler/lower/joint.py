@@ -164,8 +164,8 @@ class JointBackend:
     def solve(self, module, values: dict, reference: tuple[Tensor, Tensor] | None = None,
               generator: torch.Generator | None = None) -> JointSolution:
         """Bind `values`, propose, score and infer. `candidates=` (B, N, K, T, m) controls are the
-        proposals of `proposals=input`. `reference` (x, u) of shapes (B, N, T+1, n), (B, N, T, m)
-        replaces a random candidate of every agent (drawn by `generator`; its index is `gt_index`)."""
+        proposals of `proposals=input`. `reference` (x, u) with u (B, N, T, m) (x is unused: u is
+        rolled out through the plan's dynamics) replaces a random candidate of every agent (drawn by `generator`; its index is `gt_index`)."""
         values = dict(values)
         given = values.pop("candidates", None)
         bound = bind_agents(module, values)
@@ -267,7 +267,7 @@ class JointBackend:
 
     def _insert(self, bound: AgentValues, candidates: Candidates, reference, generator):
         """Candidates with the reference controls (rolled out from x0) at a random index per agent."""
-        x_ref, u_ref = reference
+        _, u_ref = reference
         B, N, K = candidates.x.shape[:3]
         u_ref = u_ref.to(candidates.u)
         ref = self.rollout(bound, u_ref[:, :, None])

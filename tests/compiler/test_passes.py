@@ -17,6 +17,7 @@ from compiler.layout import Layout
 from compiler.passes import annotate
 from compiler.pipeline import PASS_NAMES, PASSES, run_passes
 from compiler.verify import VerificationError, verify
+from compiler.options import Structured
 from planlang import dump
 from planlang.graph import NodeKind
 
@@ -52,7 +53,7 @@ def info_record(info: PlanInfo) -> dict:
     return {
         "horizon": info.horizon,
         "solver": info.solver,
-        "options": info.options,
+        "options": {k: str(v) if isinstance(v, Structured) else v for k, v in info.options.items()},
         "consts": {name: _tensor(v) for name, v in info.consts.items()},
         "variables": {name: {"kind": v.ref.kind.value, "shape": list(v.shape),
                              "default": None if v.default is None else _tensor(v.default.attr),

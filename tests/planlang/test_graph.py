@@ -61,7 +61,7 @@ def test_ids_are_deterministic(example_path: Path):
     assert list(one.nodes) == list(two.nodes)
     assert list(one.edges) == list(two.edges)
     assert dump.to_json(one) == dump.to_json(two)
-    pattern = re.compile(r"^(plan|horizon|solve|env|train|grid|actions|constraint#\d+|cost:(stage|final)#\d+|cost:\w+|"
+    pattern = re.compile(r"^(plan|horizon|solve|env|train|grid|actions|agents|energy:(agent|pair):(stage|final)#\d+|constraint#\d+|cost:(stage|final)#\d+|cost:\w+|"
                          r"(const|state|control|param|input|learn|let|guess|block|continual|dynamics):\w+)$")
     assert all(pattern.match(n) for n in one.nodes)
 
