@@ -93,7 +93,7 @@ def main() -> None:
               f"{sol.x[:, :, -1, 2:].norm(dim=-1).max():.4f} m/s")
 
         torch.manual_seed(0)
-        inserted = module.backend.solve(module, {"x": x0, "goal": goals}, reference=(None, data.u.float()))
+        inserted = module.backend.solve(module, {"x": x0, "goal": goals}, reference_u=data.u.float())
         exact_plan = exact_in_chunks(inserted.unary.double(), inserted.pairwise.double()).plan
         print(f"ground truth inserted: ranked first by the plan's inference on "
               f"{(inserted.plan == inserted.gt_index).all(1).double().mean():.3f} of the scenes, by exact "

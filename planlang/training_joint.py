@@ -4,9 +4,8 @@ Data: an interactions `.npz` (`planlang data interactions`, format in `runtime.i
 x0 (M, N, n) binds the plan's states (declaration order), goals (M, N, 2) its `input goal`, and the
 ground truth u (M, N, T, m) is rolled out from x0 through the plan's dynamics and put among each
 agent's candidates at a random index. The loss is the ground truth's marginal negative
-log-likelihood, -sum_i log p(s_i = gt_i), averaged over scenes; metrics: `gt_first`, the fraction of
-scenes whose joint plan is exactly the ground truth, and `collisions`-free checks are left to the
-evaluation scripts. Gradients reach every learnable in the energies (unrolled inference); the
+log-likelihood, -sum_i log p(s_i = gt_i), averaged over scenes; its metric `gt_first` is the
+fraction of scenes whose joint plan is exactly the ground truth. Gradients reach every learnable in the energies (unrolled inference); the
 candidates are constants.
 """
 from __future__ import annotations
@@ -62,7 +61,7 @@ def scene_values(module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def classification_loss(module, batch: Mapping[str, Tensor]):
     """(mean over scenes of -sum_i log p(s_i = gt_i), {"gt_first": fraction planned exactly as the
     ground truth}) with the ground truth inserted among the candidates (module docstring)."""
-    sol = module.backend.solve(module, scene_values(module, batch), reference=(None, batch["u"]))
+    sol = module.backend.solve(module, scene_values(module, batch), reference_u=batch["u"])
     nll = -sol.log_marginals.gather(2, sol.gt_index[..., None]).squeeze(2).sum(1)
     first = (sol.plan == sol.gt_index).all(1).to(nll.dtype)
     return nll.mean(), {"gt_first": first.mean().detach()}

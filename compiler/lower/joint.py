@@ -59,7 +59,6 @@ class JointSolution:
     unary: Tensor             # (B, N, K)
     pairwise: Tensor          # (B, N, N, K, K)
     solver: str = "joint"
-    layout: dict | None = None
     gt_index: Tensor | None = None    # (B, N) where a reference trajectory was inserted (training)
 
 
@@ -161,18 +160,19 @@ class JointBackend:
                 f"agent energies; pairwise: {len(a.pair_stage)} stage + {len(a.pair_final)} final pair energies")
 
     # ------------------------------------------------------------------ solve
-    def solve(self, module, values: dict, reference: tuple[Tensor, Tensor] | None = None,
+    def solve(self, module, values: dict, reference_u: Tensor | None = None,
               generator: torch.Generator | None = None) -> JointSolution:
         """Bind `values`, propose, score and infer. `candidates=` (B, N, K, T, m) controls are the
-        proposals of `proposals=input`. `reference` (x, u) with u (B, N, T, m) (x is unused: u is
-        rolled out through the plan's dynamics) replaces a random candidate of every agent (drawn by `generator`; its index is `gt_index`)."""
+        proposals of `proposals=input`. `reference_u` (B, N, T, m), rolled out through the plan's
+        dynamics, replaces a random candidate of every agent (index drawn by `generator`, returned
+        as `gt_index`): the ground truth of the classification loss."""
         values = dict(values)
         given = values.pop("candidates", None)
         bound = bind_agents(module, values)
         candidates = self.propose(bound, given)
         gt_index = None
-        if reference is not None:
-            candidates, gt_index = self._insert(bound, candidates, reference, generator)
+        if reference_u is not None:
+            candidates, gt_index = self._insert(bound, candidates, reference_u, generator)
         unary, pairwise = self.energies(bound, candidates)
         result = self.infer(unary, pairwise)
         B, N = result.plan.shape
@@ -205,7 +205,7 @@ class JointBackend:
                 raise ValueError(f"candidates must have shape (B, N, K, T, m) = ({B}, {N}, K, {T}, {m}), "
                                  f"got {tuple(u.shape)}")
             return self.rollout(bound, u.expand(B, -1, -1, -1, -1))
-        elif given is not None:
+        if given is not None:
             raise TypeError(f"candidates= is given only with solve joint(proposals=input); this plan uses "
                             f"proposals={self.proposals.name}")
         with torch.no_grad():
@@ -265,9 +265,8 @@ class JointBackend:
         x = self._roll(self.own.dynamics(env, bound.like), x0, u.reshape(B * N * K, T, m))
         return Candidates(x.reshape(B, N, K, T + 1, -1), u)
 
-    def _insert(self, bound: AgentValues, candidates: Candidates, reference, generator):
+    def _insert(self, bound: AgentValues, candidates: Candidates, u_ref: Tensor, generator):
         """Candidates with the reference controls (rolled out from x0) at a random index per agent."""
-        _, u_ref = reference
         B, N, K = candidates.x.shape[:3]
         u_ref = u_ref.to(candidates.u)
         ref = self.rollout(bound, u_ref[:, :, None])

@@ -199,7 +199,9 @@ class PlanModule(nn.Module):
     # ------------------------------------------------------------------ solving
     def forward(self, warm_start: torch.Tensor | None = None, **values) -> Solution:
         """Solve from the bound values; `warm_start` (T, m) or (B, T, m) seeds iterative solvers' controls.
-        Grid plans return `runtime.grid.GridSolution` (values, logits, path, reached)."""
+        Grid plans return `runtime.grid.GridSolution` (values, logits, path, reached); joint plans
+        (`agents N`) bind states and inputs with an agent axis and return
+        `compiler.lower.joint.JointSolution`."""
         if self.info.family == "grid":
             env, _, like = self.bind(values, initial_states=False)
             return self.backend(env, like)
