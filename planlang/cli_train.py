@@ -91,9 +91,7 @@ def train_config(plan, args):
         changes["loss_options"] = {**changes.get("loss_options", config.loss_options),
                                    **dict(_option(o) for o in args.option)}
     if args.data is not None:
-        changes["data"] = str(args.data)
-    elif config.data is not None and not Path(config.data).is_absolute():
-        changes["data"] = str(Path(args.file).parent / config.data)
+        changes["data"] = str(args.data)       # (the block's own path is already relative to the plan file)
     if args.quiet:
         changes["progress"] = False
     config = replace(config, **changes)

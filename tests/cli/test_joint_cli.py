@@ -27,6 +27,7 @@ energy agent = w_u * dt * sum(u^2)
 energy pair = 1000 * relu(1.4 - norm(x[0:2] - other.x[0:2])) + w_near * relu(2 - norm(x[0:2] - other.x[0:2]))
 solve joint(proposals=lattice(levels=3, spread=1.5), inference=bp(iters=5))
 train {
+  data "swap.npz"
   loss classification
   epochs 2
   batch 2
@@ -35,8 +36,9 @@ train {
 """
 
 
-def test_interactions_data_and_joint_training_end_to_end(tmp_path, capsys):
-    data = tmp_path / "swap.npz"
+def test_interactions_data_and_joint_training_end_to_end(tmp_path, capsys, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    data = tmp_path / "sub" / "swap.npz"
     assert main(["data", "interactions", "--scene", "corridor_swap", "--agents", "2", "--n", "3", "--seed", "1",
                  "--horizon", "8", "--dt", "0.5", "-o", str(data)]) == 0
     assert "3 corridor_swap scenes of 2 agents (T=8, dt=0.5)" in capsys.readouterr().out
@@ -47,10 +49,11 @@ def test_interactions_data_and_joint_training_end_to_end(tmp_path, capsys):
         assert torch.equal(x[:, :, 0], torch.from_numpy(archive["x0"]))
     assert (min_distance(x) >= 1.0).all()
 
-    plan_path = tmp_path / "tiny_swap.plan"
+    plan_path = tmp_path / "sub" / "tiny_swap.plan"
     plan_path.write_text(PLAN)
     weights = tmp_path / "tiny.pt"
-    assert main(["train", str(plan_path), "--data", str(data), "-o", str(weights), "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path)              # the train block's data path is relative to the plan file
+    assert main(["train", "sub/tiny_swap.plan", "-o", str(weights), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "loss      classification" in out and "epochs    2" in out
     module = planlang.compile(planlang.load(plan_path), weights=weights)
