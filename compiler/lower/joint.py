@@ -271,7 +271,8 @@ class JointBackend:
         u_ref = u_ref.to(candidates.u)
         ref = self.rollout(bound, u_ref[:, :, None])
         index = torch.randint(K, (B, N), generator=generator, device=u_ref.device)
-        scene, agent = torch.arange(B)[:, None], torch.arange(N)[None, :]
+        scene = torch.arange(B, device=index.device)[:, None]
+        agent = torch.arange(N, device=index.device)[None, :]
         x, u = candidates.x.clone(), candidates.u.clone()
         x[scene, agent, index] = ref.x[:, :, 0]
         u[scene, agent, index] = ref.u[:, :, 0]
@@ -322,7 +323,7 @@ class JointBackend:
                 total = total + _summed(a.pair_stage, at(t, True), like, lead)
         if a.pair_final:
             total = total + _summed(a.pair_final, at(T1 - 1, False), like, lead)
-        return out.index_put((torch.arange(B)[:, None], i[None], j[None]), total)
+        return out.index_put((torch.arange(B, device=i.device)[:, None], i[None], j[None]), total)
 
 
 def _summed(exprs: tuple[Expr, ...], env: dict, like: Tensor, lead: tuple[int, ...]) -> Tensor:
