@@ -289,6 +289,9 @@ def _check(args) -> int:
     import planlang
 
     plan = planlang.load(args.file)
+    if "agents" in plan.graph:
+        raise ValueError(f"{args.file}: check compares a trajectory solve with cvxpy; a joint plan (`agents N`) has "
+                         "no such reference (tests/compiler/test_joint_plans.py checks BP against exact enumeration)")
     if args.cross:
         from planlang.checks import cross_check
         report = cross_check(plan, seed=args.seed)
