@@ -20,20 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
 from torch import nn
 
-from runtime.continual import (ContinualPlugin, Plugins, TrainConfig, distill, evaluate, ewc,
-                               mean_squared_error, replay, run_stream, si)
+from runtime.continual import (ContinualPlugin, Plugins, distill, evaluate, ewc, mean_squared_error,
+                               replay, run_stream, si, stream_config)
 from runtime.continual_metrics import ContinualResult, results_table
 from runtime.streams import pendulum_regimes, permuted_digits
+from runtime.training import TrainConfig
 
 torch.set_num_threads(1)
 
-DIGITS = TrainConfig(epochs=8, batch_size=32, lr=0.05)
+DIGITS = stream_config(epochs=8, batch=32, lr=0.05)
 EWC_LAMBDA, SI_C, SI_XI, LWF_T, LWF_W, MEMORY = 30.0, 0.01, 1e-3, 2.0, 1.0, 500
 
 
@@ -108,7 +110,7 @@ def run_avalanche(av, make_strategy, stream, seed: int, config: TrainConfig) -> 
     strategy = make_strategy(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr,
                                                  momentum=config.momentum),
-        criterion=nn.CrossEntropyLoss(), train_mb_size=config.batch_size,
+        criterion=nn.CrossEntropyLoss(), train_mb_size=config.batch,
         train_epochs=config.epochs, eval_mb_size=1000, device="cpu",
         evaluator=av["evaluator"](loggers=[]))
     torch.manual_seed(seed)
@@ -153,7 +155,7 @@ def digits_part(seeds: List[int], out: Path, with_avalanche: bool) -> str:
 
     for label, make in PLANLANG.items():
         record(f"planlang {label}", lambda seed, make=make: run_stream(
-            digits_mlp(seed), stream, make(), TrainConfig(**{**DIGITS.__dict__, "seed": seed})))
+            digits_mlp(seed), stream, make(), replace(DIGITS, seed=seed)))
     if with_avalanche:
         av = import_avalanche()
         for label, make in avalanche_strategies(av).items():
@@ -178,7 +180,7 @@ class ResidualMLP(nn.Module):
         return x[:, :2] + self.net(x)
 
 
-PENDULUM = TrainConfig(epochs=10, batch_size=64, lr=0.05, momentum=0.9)
+PENDULUM = stream_config(epochs=10, batch=64, lr=0.05, momentum=0.9)
 PENDULUM_METHODS: Dict[str, Callable[[], ContinualPlugin]] = {
     "naive": Plugins,
     "ewc(lambda=100)": lambda: ewc(100.0),
@@ -199,7 +201,7 @@ def pendulum_part(seeds: List[int], out: Path) -> str:
             model = ResidualMLP(seed)
             baseline = evaluate(model, stream, Plugins(), mean_squared_error)
             R = run_stream(model, stream, make(),
-                           TrainConfig(**{**PENDULUM.__dict__, "seed": seed}),
+                           replace(PENDULUM, seed=seed),
                            score=mean_squared_error)
             results.append(ContinualResult(R, baseline, "mean squared error", False, names))
         result = mean_result(results)

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from runtime.continual import (BayesLinear, EWC, ExampleBuffer, Plugins, ProgressiveMLP,
-                               TaskData, TrainConfig, bayes_mlp, cross_entropy, distill,
+                               TaskData, bayes_mlp, cross_entropy, distill,
                                empirical_fisher, evaluate, ewc, progressive, replay, run_stream,
-                               si, squared_error, accuracy, vcl)
+                               si, squared_error, accuracy, stream_config, vcl)
 from runtime.continual_metrics import backward_transfer
 from runtime.streams import permuted_gaussian
 
-CONFIG = TrainConfig(epochs=5, batch_size=32, lr=0.1, seed=0)
+CONFIG = stream_config(epochs=5, batch=32, lr=0.1, seed=0)
 
 
 @pytest.fixture(scope="module")
