@@ -53,6 +53,11 @@ PLANLANG: Dict[str, Callable[[], ContinualPlugin]] = {
     f"replay({MEMORY})": lambda: replay(MEMORY),
     f"replay({MEMORY}) + distill": lambda: replay(MEMORY) + distill(LWF_T, LWF_W),
     f"replay({MEMORY}) + ewc": lambda: replay(MEMORY) + ewc(EWC_LAMBDA),
+    f"replay({MEMORY}, experience_balanced)": lambda: replay(MEMORY, "experience_balanced"),
+    f"replay({MEMORY}, experience_balanced) + distill": lambda: (
+        replay(MEMORY, "experience_balanced") + distill(LWF_T, LWF_W)),
+    f"replay({MEMORY}, experience_balanced) + ewc": lambda: (
+        replay(MEMORY, "experience_balanced") + ewc(EWC_LAMBDA)),
 }
 
 
@@ -136,7 +141,7 @@ def spread(results: List[ContinualResult]) -> str:
     return f"{accs.std().item():.3f}" if len(results) > 1 else "n/a"
 
 
-def digits_part(seeds: List[int], out: Path, with_avalanche: bool) -> str:
+def digits_part(seeds: List[int], out: Path, with_avalanche: bool, only: str = "") -> str:
     stream = permuted_digits(n_tasks=5, seed=0)
     names = tuple(t.name for t in stream)
     rows, details = [], {}
@@ -154,11 +159,15 @@ def digits_part(seeds: List[int], out: Path, with_avalanche: bool) -> str:
         return result
 
     for label, make in PLANLANG.items():
+        if only not in f"planlang {label}":
+            continue
         record(f"planlang {label}", lambda seed, make=make: run_stream(
             digits_mlp(seed), stream, make(), replace(DIGITS, seed=seed)))
     if with_avalanche:
         av = import_avalanche()
         for label, make in avalanche_strategies(av).items():
+            if only not in f"avalanche {label}":
+                continue
             record(f"avalanche {label}",
                    lambda seed, make=make: run_avalanche(av, make, stream, seed, DIGITS))
     (out / "digits.json").write_text(json.dumps(details, indent=2))
@@ -223,10 +232,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-avalanche", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("/tmp/continual"))
+    parser.add_argument("--only", default="", help="run only the methods whose label contains this")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part in ("digits", "all"):
-        print(digits_part(args.seeds, args.out, not args.no_avalanche))
+        print(digits_part(args.seeds, args.out, not args.no_avalanche, args.only))
     if args.part in ("pendulum", "all"):
         print(pendulum_part(args.seeds, args.out))
 

@@ -52,6 +52,7 @@ class PlanInfo:
     env: object = None                                             # compiler.envs.EnvSpec of an `env` block
     train: dict = field(default_factory=dict)                      # `train { }`: TrainConfig fields
     grid: GridInfo | None = None                                   # set for grid plans (`grid H x W`)
+    continual: dict = field(default_factory=dict)                  # block -> `continual` methods (Structured)
 
     @property
     def family(self) -> str:

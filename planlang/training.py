@@ -289,6 +289,8 @@ def plan_train_config(plan: Plan) -> TrainConfig:
     for key in ("data", "teacher"):
         if fields.get(key) is not None:
             fields[key] = str(base / fields[key])
+    if fields.get("stream"):
+        fields["stream"] = tuple(str(base / f) for f in fields["stream"])
     return TrainConfig(**fields)
 
 

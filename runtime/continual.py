@@ -465,12 +465,16 @@ class ExampleBuffer(ContinualPlugin):
         ring            priority = -arrival index: the most recent examples
         class_balanced  priority ~ U(0, 1), at most ceil-split capacity / classes seen per
                         class (a reservoir per class; y must hold class indices)
+        experience_balanced  priority ~ U(0, 1), the capacity split evenly over the
+                        experiences seen (a reservoir per experience); examples arrive one whole
+                        experience at a time (`add(x, y, experience=k)`), as in Avalanche's
+                        `ExperienceBalancedBuffer`
 
-    State (buffers): x (n, ...), y (n, ...), priority (n,), seen, and the random generator's
-    state, so a resumed stream draws the same numbers.
+    State (buffers): x (n, ...), y (n, ...), priority (n,), experience (n,), seen, and the
+    random generator's state, so a resumed stream draws the same numbers.
     """
 
-    POLICIES = ("reservoir", "ring", "class_balanced")
+    POLICIES = ("reservoir", "ring", "class_balanced", "experience_balanced")
 
     def __init__(self, capacity: int, policy: str = "reservoir", seed: int = 0):
         super().__init__()
@@ -493,8 +497,8 @@ class ExampleBuffer(ContinualPlugin):
         self._set("rng", self.generator.get_state())
         return draw.to(device)
 
-    def add(self, x: Tensor, y: Tensor) -> None:
-        """Offer a batch x (B, ...), y (B, ...) to the buffer."""
+    def add(self, x: Tensor, y: Tensor, experience: int = 0) -> None:
+        """Offer a batch x (B, ...), y (B, ...) (all of experience `experience`) to the buffer."""
         b = x.shape[0]
         if self.policy == "ring":
             arrival = self.seen.to(x.device) + torch.arange(b, device=x.device)
@@ -502,23 +506,32 @@ class ExampleBuffer(ContinualPlugin):
         else:
             fresh = self._uniform(b, x.device)
         self.seen += b
+        label = torch.full((b,), experience, dtype=torch.long, device=x.device)
         if len(self) == 0:
-            all_x, all_y, priority = x, y, fresh
+            all_x, all_y, priority, experiences = x, y, fresh, label
         else:
             all_x = torch.cat([self._get("x"), x.to(self._get("x"))])
             all_y = torch.cat([self._get("y"), y.to(self._get("y"))])
             priority = torch.cat([self._get("priority"), fresh])
-        keep = self._select(priority, all_y)
+            experiences = torch.cat([self._get("experience"), label])
+        keep = self._select(priority, all_y, experiences)
         self._set("x", all_x[keep].clone())
         self._set("y", all_y[keep].clone())
         self._set("priority", priority[keep].clone())
+        self._set("experience", experiences[keep].clone())
 
-    def _select(self, priority: Tensor, y: Tensor) -> Tensor:
+    def _select(self, priority: Tensor, y: Tensor, experiences: Tensor) -> Tensor:
+        if self.policy == "experience_balanced":
+            return self._balanced(priority, experiences)
         if self.policy != "class_balanced":
             k = min(self.capacity, priority.shape[0])
             return torch.topk(priority, k, largest=False).indices
         if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
             raise ValueError("class_balanced replay needs integer class labels y of shape (N,)")
+        return self._balanced(priority, y)
+
+    def _balanced(self, priority: Tensor, y: Tensor) -> Tensor:
+        """The lowest-priority examples of each group (label y), capacity split evenly."""
         classes, label = torch.unique(y, return_inverse=True)
         n_classes = classes.numel()
         quota = torch.full((n_classes,), self.capacity // n_classes, device=y.device)
@@ -540,8 +553,14 @@ class ExampleBuffer(ContinualPlugin):
 
 class Replay(ContinualPlugin):
     """Experience replay: each batch of B new examples is trained together with round(ratio B)
-    examples drawn from the buffer; the new examples are then offered to the buffer. Needs no
-    task boundaries."""
+    examples drawn from the buffer.
+
+    Task-free policies (reservoir, ring, class_balanced): the new examples are then offered to
+    the buffer, which therefore also holds the current experience. `experience_balanced`
+    (Avalanche's default): the buffer is filled at each experience's end with that experience's
+    data and holds only past experiences, so every replayed example rehearses an old task;
+    it needs task boundaries.
+    """
 
     def __init__(self, capacity: int, policy: str = "reservoir", ratio: float = 1.0,
                  seed: int = 0):
@@ -551,15 +570,27 @@ class Replay(ContinualPlugin):
         self.ratio = ratio
         self.buffer = ExampleBuffer(capacity, policy, seed)
 
+    @property
+    def past_only(self) -> bool:
+        return self.buffer.policy == "experience_balanced"
+
     def augment_batch(self, model, batch):
+        if self.past_only and batch.task is None:
+            raise ValueError("replay(policy=experience_balanced) needs task boundaries; "
+                             "a task-free stream needs reservoir, ring or class_balanced")
         replayed = None
         if len(self.buffer) > 0 and self.ratio > 0:
             replayed = self.buffer.sample(max(1, round(self.ratio * len(batch))))
-        self.buffer.add(batch.x.detach(), batch.y.detach())
+        if not self.past_only:
+            self.buffer.add(batch.x.detach(), batch.y.detach())
         if replayed is None:
             return batch
         return replace(batch, x=torch.cat([batch.x, replayed[0]]),
                        y=torch.cat([batch.y, replayed[1]]))
+
+    def after_training_exp(self, model, task):
+        if self.past_only:
+            self.buffer.add(task.x.detach(), task.y.detach(), experience=task.task or 0)
 
 
 def replay(capacity: int, policy: str = "reservoir", ratio: float = 1.0, seed: int = 0) -> Replay:
