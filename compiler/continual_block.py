@@ -4,8 +4,8 @@
     continual f by replay(capacity=500) + distill(weight=1)
 
 Each method is a typed call (`Schema`), checked with located errors: the block must be a declared
-block, each method known, each option of the right type, a method at most once per block, and a
-block has at most one `continual` line. The result (`PlanInfo.continual`) maps the block's name to
+block, each method known, each option of the right type and a method at most once per block (a
+second `continual` line for the same block is a duplicate declaration, refused by the graph). The result (`PlanInfo.continual`) maps the block's name to
 its methods as `Structured` values; `build_plugins` turns them into the runtime's plugins
 (`runtime.continual`), which `PlanModule` keeps in `module.continual[BLOCK]` so that everything a
 method remembers (Fisher, anchors, importances, replay buffer, old model) is in the module's
@@ -56,16 +56,15 @@ def continual_methods(decls: list[ast.ContinualDecl], blocks: dict, const, error
             errors.add(decl.block_span, f"'{decl.block}' is not a block: `continual` applies to a learned block",
                        did_you_mean(decl.block, blocks) or "declare it with `block NAME = mlp(...)`")
             continue
-        if decl.block in out:
-            errors.add(decl.span, f"block '{decl.block}' already has a `continual` line",
-                       "combine the methods on one line: continual f by a(...) + b(...)")
-            continue
-        methods = [m for m in (_method(call, const, errors) for call in decl.methods) if m is not None]
-        names = [m.name for m in methods]
+        methods, seen = [], set()
         for call in decl.methods:
-            if names.count(call.func) > 1:
+            if call.func in seen:
                 errors.add(call.span, f"method '{call.func}' is given twice for block '{decl.block}'")
-                break
+                continue
+            seen.add(call.func)
+            method = _method(call, const, errors)
+            if method is not None:
+                methods.append(method)
         out[decl.block] = tuple(methods)
     return out
 

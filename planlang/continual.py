@@ -185,17 +185,22 @@ def _task_name(source, index: int) -> str:
 
 
 def train_stream(module, config: TrainConfig, *, plan: Plan | str | None = None, files: Optional[Sequence] = None,
-                 resume: str | Path | None = None, callbacks: Sequence[Callback] = ()) -> ContinualResult:
+                 resume: str | Path | None = None, stop: Optional[int] = None,
+                 callbacks: Sequence[Callback] = ()) -> Optional[ContinualResult]:
     """Train `module`'s learner block through the stream's tasks in order (`files`: paths or dicts
     of arrays, e.g. from a generator; default `config.stream`), evaluating on every task's held-out transitions after each; returns R
     (mean squared next-state error, lower is better) with the random init's errors as baseline.
     `config.task_free` hides the task boundaries from the methods. Checkpoints after every task
-    when `config.checkpoint` is set (needs `plan`); `resume` continues a checkpointed stream."""
+    when `config.checkpoint` is set (needs `plan`); `resume` continues a checkpointed stream;
+    `stop` ends after that many tasks have been trained: R is not complete then, so the call
+    returns None and the stream's progress is in the checkpoint (stop needs `config.checkpoint`)."""
     files = list(config.stream if files is None else files)
     if not files:
         raise ValueError("a stream needs at least one data file (`stream [\"a.npz\", ...]` in the train block)")
     if (config.checkpoint or resume) and plan is None:
         raise ValueError("writing or resuming a stream checkpoint needs plan=")
+    if stop is not None and not config.checkpoint:
+        raise ValueError("stopping a stream early (stop=) needs a checkpoint to resume from")
     block = learner_block(module)
     plugins = module.continual[block] if block in module.continual else Plugins()
     tasks, inputs = stream_tasks(module, files, config)
@@ -207,17 +212,21 @@ def train_stream(module, config: TrainConfig, *, plan: Plan | str | None = None,
         saved = state.get("stream")
         if not isinstance(saved, dict) or saved.get("format") != STREAM_FORMAT:
             raise ValueError(f"{resume}: not a stream checkpoint")
+        if any(len(r) != len(tasks) for r in saved["R"]):
+            raise ValueError(f"{resume}: a checkpoint of a stream of {len(saved['R'][0])} tasks; this stream has {len(tasks)}")
         module.load_state_dict(state["state_dict"])
         rows = [torch.tensor(r, dtype=torch.float64) for r in saved["R"]]
         baseline = torch.tensor(saved["baseline"], dtype=torch.float64)
     names = tuple(t.name for t in tasks)
     shown = [ProgressBar()] if config.progress else []
-    for i in range(len(rows), len(tasks)):
+    for i in range(len(rows), len(tasks) if stop is None else min(stop, len(tasks))):
         train_experience(model, replace(tasks[i].train, task=i), plugins, _stream_config(config),
                          config.task_free, [*shown, *callbacks])
         rows.append(evaluate(model, tasks, plugins, mean_squared_error))
         if config.checkpoint:
             _save(module, plan, config.checkpoint, rows, baseline)
+    if len(rows) < len(tasks):
+        return None
     return ContinualResult(torch.stack(rows), baseline, "mean squared error", False, names)
 
 
