@@ -3,6 +3,7 @@
     train {
       data "demos.npz"                          # demonstrations (relative to the plan file)
       loss imitation                            # | max_margin(margin=1) | nll(negatives=langevin(steps=20))
+                                                # | model(steps=3, multistep_weight=1): fit a world_model block
       optimizer adam(lr=1e-2)                   # | sgd(lr=...)
       epochs 200
       batch 32
@@ -36,6 +37,7 @@ LOSS = Variant({
                          sample_noise=Option(Number(minimum=0), 0.1), bandwidth=Option(_POS, None)),
     "nll": Schema(negatives=Option(NEGATIVES, NEGATIVES.parse_default("langevin")), samples=Option(_INT, 8),
                   temperature=Option(_POS, 1.0)),
+    "model": Schema(steps=Option(_INT, 3), multistep_weight=Option(Number(minimum=0), 1.0)),
 })
 OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)),
                      "sgd": Schema(lr=Option(_POS, 1e-2), momentum=Option(Number(minimum=0), 0.0))})
