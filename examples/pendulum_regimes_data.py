@@ -3,8 +3,8 @@
 
     python examples/pendulum_regimes_data.py --out examples/data/pendulum_regimes --n 2000 --seed 0
 
-writes regime_1.npz ... regime_5.npz, each with x (N, 2) = (th, thdot), u (N, 1), x_next (N, 2),
-m (N,) and l (N,), with (th, thdot, u) uniform over [-pi, pi] x [-8, 8] x [-2, 2]; regime k is
+writes regime_1.npz ... regime_5.npz in the transitions format (runtime.transitions): x (N, 2) =
+(th, thdot), u (N, 1), x_next (N, 2), input_m (N, 1) and input_l (N, 1), with (th, thdot, u) uniform over [-pi, pi] x [-8, 8] x [-2, 2]; regime k is
 drawn with the seed 1000 * seed + k.
 """
 import argparse
@@ -17,10 +17,10 @@ from runtime.streams import PENDULUM_REGIMES, pendulum_transitions
 
 
 def regime_arrays(n: int, mass: float, length: float, seed: int) -> dict[str, np.ndarray]:
-    """One regime's transitions in the transitions layout of `planlang.continual.load_transitions`."""
+    """One regime's transitions in the format of `runtime.transitions`."""
     data = pendulum_transitions(n, mass, length, torch.Generator().manual_seed(seed), torch.float64)
     x = data.x.numpy()
-    return {"x": x[:, :2], "u": x[:, 2:3], "x_next": data.y.numpy(), "m": x[:, 3], "l": x[:, 4]}
+    return {"x": x[:, :2], "u": x[:, 2:3], "x_next": data.y.numpy(), "input_m": x[:, 3:4], "input_l": x[:, 4:5]}
 
 
 def main() -> None:

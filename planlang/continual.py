@@ -5,13 +5,15 @@
     result = planlang.continual.train_stream(module, plan_train_config(plan), plan=plan)
     print(result.table())                    # R, ACC, BWT, FWT (runtime.continual_metrics)
 
-Each task is one data file of transitions of the plan's dynamics (see `load_transitions`); the
-learner is the block named by the plan's `continual` line (or the plan's only block, trained by
+Each task is one file (or dict) of transitions of the plan's dynamics in the format of
+`runtime.transitions` (x, u, x_next, input_NAME columns for conditioning inputs such as a
+pendulum's mass); the learner is the block named by the plan's `continual` line (or the plan's only block, trained by
 naive fine-tuning), fitted to predict the next state, `module.step(x, u, **inputs)`, with the
 squared error as loss. The block's methods (`module.continual[BLOCK]`, `runtime.continual`)
 run inside the shared `runtime.training.Trainer` through `ContinualCallback`. Each task's data
 is split into training and held-out test transitions (`config.validation`, seeded); after each
-task the error on every task's held-out transitions is a row of R (lower is better).
+task the error on every task's held-out transitions is a row of R (lower is better). A
+`world_model` block without fitted normalization takes it from the first task's transitions.
 
 A checkpoint (`config.checkpoint`) is written after every task: the module's state_dict (with
 the methods' state: Fisher, anchors, buffers, old model), the rows of R so far and the random
@@ -19,26 +21,25 @@ init's errors, so `resume=` continues the stream at the next task.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from compiler.blocks import WorldModelBlock
 from planlang.ast import VarKind
 from planlang.plan import Plan
 from planlang.training import checkpoint_extra, read_checkpoint
+from planlang.world_models import check_against_plan, model_windows, the_world_model
 from runtime.continual import Plugins, Task, TaskData, evaluate, mean_squared_error, squared_error, train_experience
 from runtime.continual_metrics import ContinualResult
 from runtime.training import Callback, ProgressBar, TrainConfig, split
+from runtime.transitions import INPUT_PREFIX, TransitionsError, check_transitions, load_transitions
 
 STREAM_FORMAT = "planlang-stream/1"
-
-
-class TransitionError(ValueError):
-    """A stream's data file that is missing, malformed or does not fit the plan."""
 
 
 class StepPredictor(nn.Module):
@@ -65,7 +66,7 @@ class StepPredictor(nn.Module):
         n, m = self.plan.layout.n, self.plan.layout.m
         values, start = {}, n + m
         for name, shape in self.inputs:
-            size = int(np.prod(shape, dtype=np.int64))
+            size = math.prod(shape)
             values[name] = z[:, start:start + size].reshape((z.shape[0],) + tuple(shape))
             start += size
         return self.plan.step(z[:, :n], z[:, n:n + m], **values)
@@ -84,68 +85,15 @@ def learner_block(module) -> str:
     return next(iter(module.blocks))
 
 
-def load_transitions(path: str | Path | Mapping, module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """One task's transitions from a `.npz` file (or a dict of arrays in the same layout), as {"x": (N, n), "u": (N, m), "x_next": (N, n),
-    NAME: (N, *shape) for every input or param of the plan the file gives}.
-
-    Two layouts are read: transitions (`x` (N, n), `u` (N, m), `x_next` (N, n)) and
-    demonstrations (`x` (N, T+1, n), `u` (N, T, m), flattened to N T transitions). An input or
-    param is stored under its name or `input_NAME`, one value per row (per demonstration for
-    demonstrations); one not given takes its default.
-    """
-    if isinstance(path, Mapping):
-        return check_transitions({k: torch.as_tensor(v) for k, v in path.items()}, module, dtype, "transitions")
-    path = Path(path)
-    if not path.is_file():
-        raise TransitionError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            raw = {key: torch.as_tensor(archive[key]) for key in archive.files}
-    except (ValueError, OSError) as err:
-        raise TransitionError(f"{path}: not a .npz file ({err})") from None
-    return check_transitions(raw, module, dtype, str(path))
-
-
-def check_transitions(raw: Mapping[str, Tensor], module, dtype: torch.dtype, path: str) -> dict[str, Tensor]:
-    """`load_transitions`'s checks and flattening on arrays already in memory (`path` names them)."""
-    n, m = module.layout.n, module.layout.m
-    for key in ("x", "u"):
-        if key not in raw:
-            raise TransitionError(f"{path}: no '{key}' array (a transitions file has x (N, {n}), u (N, {m}), "
-                                  f"x_next (N, {n}))")
-    x, u = raw["x"].to(dtype), raw["u"].to(dtype)
-    per_row = {}
-    if x.dim() == 3:
-        if u.dim() != 3 or u.shape[0] != x.shape[0] or x.shape[1] != u.shape[1] + 1:
-            raise TransitionError(f"{path}: demonstrations need x (N, T+1, n) and u (N, T, m); "
-                                  f"got {tuple(x.shape)} and {tuple(u.shape)}")
-        steps = u.shape[1]
-        data = {"x": x[:, :-1].reshape(-1, x.shape[2]), "u": u.reshape(-1, u.shape[2]),
-                "x_next": x[:, 1:].reshape(-1, x.shape[2])}
-        repeat = steps
+def load_task(source, module, dtype: torch.dtype) -> dict[str, Tensor]:
+    """One task's transitions (`runtime.transitions` format: x (N, n), u (N, m), x_next (N, n),
+    input_NAME (N, *shape)) from a `.npz` path or a dict of arrays, checked against the plan."""
+    if isinstance(source, Mapping):
+        data, where = check_transitions(dict(source), "transitions", dtype), "transitions"
     else:
-        if "x_next" not in raw:
-            raise TransitionError(f"{path}: no 'x_next' array")
-        data = {"x": x, "u": u, "x_next": raw["x_next"].to(dtype)}
-        repeat = 1
-    rows = data["x"].shape[0]
-    if data["x"].dim() != 2 or data["x"].shape[1] != n or data["x_next"].shape != data["x"].shape:
-        raise TransitionError(f"{path}: x and x_next must be (N, {n}) for plan '{module.plan_name}'; "
-                              f"got {tuple(data['x'].shape)} and {tuple(data['x_next'].shape)}")
-    if data["u"].shape != (rows, m):
-        raise TransitionError(f"{path}: u must be (N, {m}) for plan '{module.plan_name}'; got {tuple(data['u'].shape)}")
-    for name, var in module.inputs().items():
-        if var.ref.kind is VarKind.STATE:
-            continue
-        key = name if name in raw else f"input_{name}" if f"input_{name}" in raw else None
-        if key is None:
-            continue
-        value = raw[key].to(dtype)
-        if tuple(value.shape[1:]) != var.shape or value.shape[0] * repeat != rows:
-            raise TransitionError(f"{path}: '{key}' has shape {tuple(value.shape)}; expected "
-                                  f"({rows // repeat}, {', '.join(map(str, var.shape))})".replace(", )", ")"))
-        per_row[name] = value.repeat_interleave(repeat, dim=0)
-    return {**data, **per_row}
+        data, where = load_transitions(source, dtype), str(source)
+    check_against_plan(module, data, where)
+    return data
 
 
 def transitions_task(data: dict[str, Tensor], module, inputs: Sequence[str], fraction: float, seed: int,
@@ -154,30 +102,43 @@ def transitions_task(data: dict[str, Tensor], module, inputs: Sequence[str], fra
     rows = data["x"].shape[0]
     parts = [data["x"], data["u"]]
     for key in inputs:
-        value = data.get(key)
+        value = data.get(INPUT_PREFIX + key)
         if value is None:
             value = module.default(key).to(data["x"].dtype).expand((rows,) + tuple(module.inputs()[key].shape))
         parts.append(value.reshape(rows, -1))
     packed = {"z": torch.cat(parts, dim=1), "y": data["x_next"]}
     train, test = split(packed, fraction, seed)
     if test is None:
-        raise TransitionError(f"{name}: a stream needs held-out transitions: set `validation` > 0")
+        raise TransitionsError(f"{name}: a stream needs held-out transitions: set `validation` > 0")
     return Task(TaskData(train["z"], train["y"], squared_error), TaskData(test["z"], test["y"], squared_error), name)
 
 
-def stream_tasks(module, files: Sequence[str | Path], config: TrainConfig) -> tuple[list[Task], tuple[str, ...]]:
-    """The stream's tasks (one per file) and the inputs the predictor stacks after (x, u)."""
+def stream_tasks(module, sources: Sequence, config: TrainConfig
+                 ) -> tuple[list[Task], tuple[str, ...], list[dict[str, Tensor]]]:
+    """The stream's tasks (one per source), the inputs the predictor stacks after (x, u) (those
+    some task gives a column for; the others keep their defaults) and the checked transitions."""
     like = next(iter(module.parameters()))
-    loaded = [load_transitions(f, module, like.dtype) for f in files]
+    loaded = [{k: v.to(like.device) for k, v in load_task(source, module, like.dtype).items()} for source in sources]
     inputs = tuple(name for name, var in module.inputs().items() if var.ref.kind is not VarKind.STATE
-                   and any(name in d for d in loaded))
+                   and any(INPUT_PREFIX + name in d for d in loaded))
     for name in inputs:
-        if module.default(name) is None and not all(name in d for d in loaded):
-            missing = next(str(f) for f, d in zip(files, loaded) if name not in d)
-            raise TransitionError(f"{missing}: no '{name}' array, and '{name}' has no default in the plan")
-    tasks = [transitions_task({k: v.to(like.device) for k, v in d.items()}, module, inputs, config.validation,
-                              config.seed + i, _task_name(f, i)) for i, (f, d) in enumerate(zip(files, loaded))]
-    return tasks, inputs
+        if module.default(name) is None and not all(INPUT_PREFIX + name in d for d in loaded):
+            missing = next(_task_name(s, i) for i, (s, d) in enumerate(zip(sources, loaded)) if INPUT_PREFIX + name not in d)
+            raise TransitionsError(f"{missing}: no 'input_{name}' column, and '{name}' has no default in the plan")
+    tasks = [transitions_task(d, module, inputs, config.validation, config.seed + i, _task_name(s, i))
+             for i, (s, d) in enumerate(zip(sources, loaded))]
+    return tasks, inputs, loaded
+
+
+def fit_block_normalization(module, block: str, data: dict[str, Tensor]) -> None:
+    """A world-model block without fitted normalization takes it from the first task's
+    transitions (the stream's learner sees only the data of the task it is on)."""
+    callee = module.info.blocks[block]
+    if not isinstance(callee.kind, WorldModelBlock) or bool(module.blocks[block].fitted):
+        return
+    call = the_world_model(module)
+    windows = model_windows(module, call, data, 1)
+    module.blocks[block].fit_normalization(windows["state"][:, 0], windows["others"][:, 0], windows["state"][:, 1])
 
 
 def _task_name(source, index: int) -> str:
@@ -203,7 +164,8 @@ def train_stream(module, config: TrainConfig, *, plan: Plan | str | None = None,
         raise ValueError("stopping a stream early (stop=) needs a checkpoint to resume from")
     block = learner_block(module)
     plugins = module.continual[block] if block in module.continual else Plugins()
-    tasks, inputs = stream_tasks(module, files, config)
+    tasks, inputs, transitions = stream_tasks(module, files, config)
+    fit_block_normalization(module, block, transitions[0])
     model = StepPredictor(module, block, inputs)
     rows: list[Tensor] = []
     baseline = evaluate(model, tasks, plugins, mean_squared_error)

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import planlang
-from planlang.continual import TransitionError, train_stream
+from planlang.continual import train_stream
 from planlang.errors import PlanError
 from runtime.continual import EWC, Distill, Replay
 from runtime.streams import pendulum_step
 from runtime.training import TrainConfig
+from runtime.transitions import TransitionsError
 
 PLAN = """plan regimes
 state x[2] = [0.5, 0]
@@ -57,7 +58,8 @@ def stream():
         m, l = torch.full((n,), mass), torch.full((n,), length)
         next_th, next_thdot = pendulum_step(th, thdot, u, m, l)
         tasks.append({"x": torch.stack([th, thdot], 1), "u": u[:, None],
-                      "x_next": torch.stack([next_th, next_thdot], 1), "m": m, "l": l})
+                      "x_next": torch.stack([next_th, next_thdot], 1), "input_m": m[:, None],
+                      "input_l": l[:, None]})
     return tasks
 
 
@@ -131,7 +133,7 @@ def test_a_stopped_stream_resumes_exactly(stream, tmp_path):
 
 def test_stream_data_that_does_not_fit_the_plan_is_refused(stream, tmp_path):
     bad = dict(stream[0], x_next=stream[0]["x_next"][:, :1])
-    with pytest.raises(TransitionError, match=r"x and x_next must be \(N, 2\)"):
+    with pytest.raises(TransitionsError, match="x_next has 1 columns, x has 2"):
         train_stream(compiled(), CONFIG, files=[bad])
-    with pytest.raises(TransitionError, match="no such file"):
+    with pytest.raises(TransitionsError, match="no such transitions file"):
         train_stream(compiled(), CONFIG, files=[tmp_path / "missing.npz"])
