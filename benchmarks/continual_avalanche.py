@@ -58,6 +58,9 @@ PLANLANG: Dict[str, Callable[[], ContinualPlugin]] = {
         replay(MEMORY, "experience_balanced") + distill(LWF_T, LWF_W)),
     f"replay({MEMORY}, experience_balanced) + ewc": lambda: (
         replay(MEMORY, "experience_balanced") + ewc(EWC_LAMBDA)),
+    f"replay({MEMORY}, ratio=2) + distill": lambda: replay(MEMORY, ratio=2.0) + distill(LWF_T, LWF_W),
+    f"replay({MEMORY}, experience_balanced, ratio=2) + distill": lambda: (
+        replay(MEMORY, "experience_balanced", ratio=2.0) + distill(LWF_T, LWF_W)),
 }
 
 
