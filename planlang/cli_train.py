@@ -156,6 +156,7 @@ def run_stream(plan, config, args) -> int:
 
     if args.nproc != 1:
         raise ValueError("a continual stream trains in one process (--nproc 1)")
+    torch.manual_seed(config.seed)               # the block's initial weights: a stream run is reproducible
     module = planlang.compile(plan, dtype=torch.float32 if args.float32 else torch.float64)
     start = time.perf_counter()
     result = train_stream(module, replace(config, log=None, plot=None), plan=plan, resume=args.resume)
