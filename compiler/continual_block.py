@@ -5,8 +5,8 @@
 
 Each method is a typed call (`Schema`), checked with located errors: the block must be a declared
 block, each method known, each option of the right type and a method at most once per block (a
-second `continual` line for the same block is a duplicate declaration, refused by the graph). The result (`PlanInfo.continual`) maps the block's name to
-its methods as `Structured` values; `build_plugins` turns them into the runtime's plugins
+second `continual` line for the same block is a duplicate declaration, refused by the graph).
+The result (`PlanInfo.continual`) maps the block's name to its methods as `Structured` values; `build_plugins` turns them into the runtime's plugins
 (`runtime.continual`), which `PlanModule` keeps in `module.continual[BLOCK]` so that everything a
 method remembers (Fisher, anchors, importances, replay buffer, old model) is in the module's
 state_dict.
@@ -20,7 +20,7 @@ state_dict.
 """
 from __future__ import annotations
 
-from compiler.options import Number, Option, OptionError, Schema, Structured, Symbol
+from compiler.options import Number, Option, Schema, Structured, Symbol
 from planlang import ast
 from planlang.errors import Collector, did_you_mean
 from runtime.continual import ExampleBuffer, Plugins, distill, ewc, replay, si
@@ -100,5 +100,5 @@ def build_plugins(methods: tuple[Structured, ...]) -> Plugins:
         elif method.name == "replay":
             plugins.append(replay(a["capacity"], a["policy"], a["ratio"], a["seed"]))
         else:
-            raise OptionError(None, f"unknown continual method '{method.name}'")
+            raise ValueError(f"unknown continual method '{method.name}' (methods: {', '.join(METHODS)})")
     return Plugins(plugins)
