@@ -20,20 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
 from torch import nn
 
-from runtime.continual import (ContinualPlugin, Plugins, TrainConfig, distill, evaluate, ewc,
-                               mean_squared_error, replay, run_stream, si)
+from runtime.continual import (ContinualPlugin, Plugins, distill, evaluate, ewc, mean_squared_error,
+                               replay, run_stream, si, stream_config)
 from runtime.continual_metrics import ContinualResult, results_table
 from runtime.streams import pendulum_regimes, permuted_digits
+from runtime.training import TrainConfig
 
 torch.set_num_threads(1)
 
-DIGITS = TrainConfig(epochs=8, batch_size=32, lr=0.05)
+DIGITS = stream_config(epochs=8, batch=32, lr=0.05)
 EWC_LAMBDA, SI_C, SI_XI, LWF_T, LWF_W, MEMORY = 30.0, 0.01, 1e-3, 2.0, 1.0, 500
 
 
@@ -51,6 +53,14 @@ PLANLANG: Dict[str, Callable[[], ContinualPlugin]] = {
     f"replay({MEMORY})": lambda: replay(MEMORY),
     f"replay({MEMORY}) + distill": lambda: replay(MEMORY) + distill(LWF_T, LWF_W),
     f"replay({MEMORY}) + ewc": lambda: replay(MEMORY) + ewc(EWC_LAMBDA),
+    f"replay({MEMORY}, experience_balanced)": lambda: replay(MEMORY, "experience_balanced"),
+    f"replay({MEMORY}, experience_balanced) + distill": lambda: (
+        replay(MEMORY, "experience_balanced") + distill(LWF_T, LWF_W)),
+    f"replay({MEMORY}, experience_balanced) + ewc": lambda: (
+        replay(MEMORY, "experience_balanced") + ewc(EWC_LAMBDA)),
+    f"replay({MEMORY}, ratio=2) + distill": lambda: replay(MEMORY, ratio=2.0) + distill(LWF_T, LWF_W),
+    f"replay({MEMORY}, experience_balanced, ratio=2) + distill": lambda: (
+        replay(MEMORY, "experience_balanced", ratio=2.0) + distill(LWF_T, LWF_W)),
 }
 
 
@@ -108,7 +118,7 @@ def run_avalanche(av, make_strategy, stream, seed: int, config: TrainConfig) -> 
     strategy = make_strategy(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr,
                                                  momentum=config.momentum),
-        criterion=nn.CrossEntropyLoss(), train_mb_size=config.batch_size,
+        criterion=nn.CrossEntropyLoss(), train_mb_size=config.batch,
         train_epochs=config.epochs, eval_mb_size=1000, device="cpu",
         evaluator=av["evaluator"](loggers=[]))
     torch.manual_seed(seed)
@@ -134,7 +144,7 @@ def spread(results: List[ContinualResult]) -> str:
     return f"{accs.std().item():.3f}" if len(results) > 1 else "n/a"
 
 
-def digits_part(seeds: List[int], out: Path, with_avalanche: bool) -> str:
+def digits_part(seeds: List[int], out: Path, with_avalanche: bool, only: str = "") -> str:
     stream = permuted_digits(n_tasks=5, seed=0)
     names = tuple(t.name for t in stream)
     rows, details = [], {}
@@ -152,11 +162,15 @@ def digits_part(seeds: List[int], out: Path, with_avalanche: bool) -> str:
         return result
 
     for label, make in PLANLANG.items():
+        if only not in f"planlang {label}":
+            continue
         record(f"planlang {label}", lambda seed, make=make: run_stream(
-            digits_mlp(seed), stream, make(), TrainConfig(**{**DIGITS.__dict__, "seed": seed})))
+            digits_mlp(seed), stream, make(), replace(DIGITS, seed=seed)))
     if with_avalanche:
         av = import_avalanche()
         for label, make in avalanche_strategies(av).items():
+            if only not in f"avalanche {label}":
+                continue
             record(f"avalanche {label}",
                    lambda seed, make=make: run_avalanche(av, make, stream, seed, DIGITS))
     (out / "digits.json").write_text(json.dumps(details, indent=2))
@@ -178,7 +192,7 @@ class ResidualMLP(nn.Module):
         return x[:, :2] + self.net(x)
 
 
-PENDULUM = TrainConfig(epochs=10, batch_size=64, lr=0.05, momentum=0.9)
+PENDULUM = stream_config(epochs=10, batch=64, lr=0.05, momentum=0.9)
 PENDULUM_METHODS: Dict[str, Callable[[], ContinualPlugin]] = {
     "naive": Plugins,
     "ewc(lambda=100)": lambda: ewc(100.0),
@@ -199,7 +213,7 @@ def pendulum_part(seeds: List[int], out: Path) -> str:
             model = ResidualMLP(seed)
             baseline = evaluate(model, stream, Plugins(), mean_squared_error)
             R = run_stream(model, stream, make(),
-                           TrainConfig(**{**PENDULUM.__dict__, "seed": seed}),
+                           replace(PENDULUM, seed=seed),
                            score=mean_squared_error)
             results.append(ContinualResult(R, baseline, "mean squared error", False, names))
         result = mean_result(results)
@@ -221,10 +235,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-avalanche", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("/tmp/continual"))
+    parser.add_argument("--only", default="", help="run only the methods whose label contains this")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part in ("digits", "all"):
-        print(digits_part(args.seeds, args.out, not args.no_avalanche))
+        print(digits_part(args.seeds, args.out, not args.no_avalanche, args.only))
     if args.part in ("pendulum", "all"):
         print(pendulum_part(args.seeds, args.out))
 

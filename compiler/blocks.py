@@ -24,6 +24,7 @@ from compiler.functions import ShapeError, format_shape
 from compiler.ir import Shape
 from compiler.options import ListOf, Number, Option, Schema, Symbol, Text
 from runtime.neural import ACTIVATIONS, MLP, Conv, import_module_class
+from runtime.world_model import WorldModel
 
 _INT = Number(integer=True, minimum=1)
 _ACT = Symbol(tuple(ACTIVATIONS))
@@ -139,7 +140,54 @@ class PythonBlock(VectorBlock):
         return cls(**options.get("kwargs", {}))
 
 
-BLOCK_KINDS: dict[str, BlockKind] = {k.name: k for k in (MLPBlock(), LinearBlock(), ConvBlock(), PythonBlock())}
+class WorldModelBlock(BlockKind):
+    """`world_model(kind=mlp | ensemble, hidden=[..], members=M, residual=true, angles=[..])`, called
+    as `f(s, u, c1, ...)`: the next value of its first argument s (any shape) from s and the other
+    arguments (flattened and concatenated). Its sizes come from its call: the shape pass records
+    them (`options["sizes"]` = (size of s, total size of the others)), so a block is called with one
+    signature. `runtime.world_model.WorldModel` is the module; `apply` is its mean model."""
+
+    name = "world_model"
+    doc = "learned dynamics f(s, u, ...) -> next s: mlp or Gaussian ensemble, residual, normalized"
+    schema = Schema(kind=Option(Symbol(("mlp", "ensemble")), "mlp", "deterministic mlp or Gaussian ensemble"),
+                    hidden=Option(ListOf(_INT), (200, 200), "hidden widths"),
+                    members=Option(_INT, 5, "ensemble members (kind=ensemble)"),
+                    residual=Option(Symbol(("true", "false")), "true", "predict s' - s (true) or s'"),
+                    act=Option(_ACT, "silu", "activation"),
+                    angles=Option(ListOf(Number(integer=True, minimum=0)), (),
+                                  "entries of s that are angles (0-based): fed as sin/cos, deltas wrapped"))
+
+    def shape(self, options, shapes):
+        if len(shapes) < 2:
+            raise ShapeError("a world model is called with the state and at least the control, e.g. f(x, u)")
+        sizes = (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:]))
+        recorded = options.setdefault("sizes", sizes)
+        if recorded != sizes:
+            raise ShapeError(f"it is called with sizes {sizes} here and {recorded} elsewhere (state, others)")
+        bad = [i for i in options["angles"] if i >= sizes[0]]
+        if bad:
+            raise ShapeError(f"angles {list(bad)} are not entries of its first argument (size {sizes[0]}, 0-based)")
+        return shapes[0]
+
+    def build(self, options):
+        if "sizes" not in options:
+            raise ValueError("a world_model block takes its sizes from its call, and it is never called")
+        state, others = options["sizes"]
+        ensemble = options["kind"] == "ensemble"
+        return WorldModel(state, others, options["hidden"], options["members"] if ensemble else 1,
+                          probabilistic=ensemble, residual=options["residual"] == "true", act=options["act"],
+                          angles=options["angles"])
+
+    def apply(self, options, module, args):
+        batch = max(a.shape[0] for a in args)
+        first = args[0]
+        s = first.reshape(first.shape[0], -1).expand(batch, -1)
+        c = torch.cat([a.reshape(a.shape[0], -1).expand(batch, -1) for a in args[1:]], dim=-1)
+        return module(s, c).reshape((batch,) + tuple(first.shape[1:]))
+
+
+BLOCK_KINDS: dict[str, BlockKind] = {k.name: k for k in (MLPBlock(), LinearBlock(), ConvBlock(), PythonBlock(),
+                                                         WorldModelBlock())}
 
 
 @dataclass(frozen=True, eq=False)

@@ -65,6 +65,7 @@ class PlanInfo:
     train: dict = field(default_factory=dict)                      # `train { }`: TrainConfig fields
     grid: GridInfo | None = None                                   # set for grid plans (`grid H x W`)
     agents: AgentsInfo | None = None                               # set for joint plans (`agents N`)
+    continual: dict = field(default_factory=dict)                  # block -> `continual` methods (Structured)
 
     @property
     def family(self) -> str:

@@ -3,6 +3,7 @@
     train {
       data "demos.npz"                          # demonstrations (relative to the plan file)
       loss imitation                            # | max_margin(margin=1) | nll(negatives=langevin(steps=20))
+                                                # | model(steps=3, multistep_weight=1): fit a world_model block
       optimizer adam(lr=1e-2)                   # | sgd(lr=...)
       epochs 200
       batch 32
@@ -12,13 +13,15 @@
       dagger 3                                  # DAgger rounds (0: off), labelled by the teacher plan
       teacher "teacher.plan"
       dagger_steps 10                           # closed-loop steps rolled out per round
+      stream ["a.npz", "b.npz"]                 # a continual stream: tasks trained in order
+      task_free false                           # true: the methods are not told where tasks end
     }
 
 The result is a dict of `runtime.training.TrainConfig` fields.
 """
 from __future__ import annotations
 
-from compiler.options import Number, Option, OptionError, Schema, Structured, Text, Variant
+from compiler.options import ListOf, Number, Option, OptionError, Schema, Structured, Symbol, Text, Variant
 from planlang import ast
 from planlang.errors import Collector, did_you_mean
 
@@ -36,12 +39,15 @@ LOSS = Variant({
                   temperature=Option(_POS, 1.0)),
     # joint plans (`agents N`): each agent's ground truth among its candidates, its marginal maximized
     "classification": Schema(),
+    "model": Schema(steps=Option(_INT, 3), multistep_weight=Option(Number(minimum=0), 1.0)),
 })
-OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)), "sgd": Schema(lr=Option(_POS, 1e-2))})
+OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)),
+                     "sgd": Schema(lr=Option(_POS, 1e-2), momentum=Option(Number(minimum=0), 0.0))})
 SETTINGS = {
     "data": Text(), "loss": LOSS, "optimizer": OPTIMIZER, "epochs": Number(integer=True, minimum=0),
     "batch": _INT, "validation": Number(minimum=0, maximum=0.99), "seed": Number(integer=True, minimum=0),
     "patience": _INT, "dagger": Number(integer=True, minimum=0), "teacher": Text(), "dagger_steps": _INT,
+    "stream": ListOf(Text()), "task_free": Symbol(("false", "true")),
 }
 _RENAMED = {"dagger": "dagger_rounds"}
 
@@ -73,7 +79,9 @@ def _fields(name: str, value) -> dict:
         options = {k: _plain(v) for k, v in value.args.items() if v is not None}
         return {"loss": value.name, "loss_options": options}
     if name == "optimizer":
-        return {"optimizer": value.name, "lr": value.args["lr"]}
+        return {"optimizer": value.name, **value.args}
+    if name == "task_free":
+        return {"task_free": value == "true"}
     return {_RENAMED.get(name, name): value}
 
 

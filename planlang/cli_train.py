@@ -95,7 +95,7 @@ def train_config(plan, args):
     if args.quiet:
         changes["progress"] = False
     config = replace(config, **changes)
-    if config.data is None:
+    if config.data is None and not config.stream:
         raise ValueError(f"{args.file}: no demonstrations: give --data FILE.npz or a `data` line in the train block")
     return config
 
@@ -115,6 +115,8 @@ def run_train(args) -> int:
 
     plan = planlang.load(args.file)
     config = train_config(plan, args)
+    if config.stream and args.data is None:
+        return run_stream(plan, config, args)
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     job = {"plan": str(args.file), "config": config.to_dict(), "resume": str(args.resume) if args.resume else None,
@@ -140,6 +142,37 @@ def run_train(args) -> int:
              f"time      {elapsed:.2f} s"]
     lines += [f"{what:<9} {path}" for what, path in (("weights", config.checkpoint), ("log", config.log),
                                                        ("plot", config.plot)) if path]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def run_stream(plan, config, args) -> int:
+    """`planlang train` on a plan whose train block has a `stream`: train its block through the
+    tasks in order, print R with ACC/BWT/FWT; --json writes R and the metrics, --plot the heat map."""
+    import planlang
+    from planlang.continual import learner_block, train_stream
+
+    if args.nproc != 1:
+        raise ValueError("a continual stream trains in one process (--nproc 1)")
+    torch.manual_seed(config.seed)               # the block's initial weights: a stream run is reproducible
+    module = planlang.compile(plan, dtype=torch.float32 if args.float32 else torch.float64)
+    start = time.perf_counter()
+    result = train_stream(module, replace(config, log=None, plot=None), plan=plan, resume=args.resume)
+    elapsed = time.perf_counter() - start
+    if config.log:
+        Path(config.log).write_text(result.to_json())
+    if config.plot:
+        result.heatmap(config.plot, title=f"{module.plan_name}: {result.metric}")
+    block = learner_block(module)
+    methods = " + ".join(str(m) for m in module.info.continual.get(block, ())) or "naive fine-tuning"
+    lines = [f"plan      {module.plan_name}",
+             f"stream    {len(config.stream)} tasks{' (task-free)' if config.task_free else ''}, block {block} "
+             f"by {methods}",
+             f"training  {config.optimizer}, lr {config.lr}, batch {config.batch}, {config.epochs} epochs per task",
+             "", result.table(4), "",
+             f"time      {elapsed:.2f} s"]
+    lines += [f"{what:<9} {path}" for what, path in (("weights", config.checkpoint), ("json", config.log),
+                                                       ("heat map", config.plot)) if path]
     print("\n".join(lines))
     return EXIT_OK
 

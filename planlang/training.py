@@ -289,6 +289,8 @@ def plan_train_config(plan: Plan) -> TrainConfig:
     for key in ("data", "teacher"):
         if fields.get(key) is not None:
             fields[key] = str(base / fields[key])
+    if fields.get("stream"):
+        fields["stream"] = tuple(str(base / f) for f in fields["stream"])
     return TrainConfig(**fields)
 
 
@@ -299,7 +301,8 @@ def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[Trai
     """Train `module`'s learnables on demonstrations; returns the per-epoch history.
 
     data: a demonstrations `.npz` path or a dict in the same format (see `runtime.demos`), cast to
-    the module's dtype and device. plan: the plan (or its text) the module was compiled from;
+    the module's dtype and device; with `config.loss == "model"` a transitions file or dict (see
+    `runtime.transitions`) fitting the plan's world-model block (`planlang.world_models`). plan: the plan (or its text) the module was compiled from;
     needed to write or resume a checkpoint. teacher: a compiled teacher plan, needed for DAgger
     (`config.dagger_rounds > 0`). resume: a checkpoint to continue from. callbacks: replaces
     `runtime.training.default_callbacks(config)`. Under torch.distributed the run is data-parallel.
@@ -313,6 +316,10 @@ def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[Trai
     state = read_checkpoint(resume, plan) if resume else None
     if module.info.family == "joint" or config.loss == "classification":
         return _train_joint(module, data, config, plan, state, callbacks)
+    if config.loss == "model":
+        from planlang.world_models import fit_world_model
+        return fit_world_model(module, data, config, callbacks=callbacks, state=state,
+                               checkpoint_extra=checkpoint_extra(plan) if plan is not None else None)
     if isinstance(data, (str, Path)):
         demos = load_demos(data, dtype=witness.dtype)
         where = str(data)

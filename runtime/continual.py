@@ -21,8 +21,9 @@ per-example loss and the task index, None when task-free).
 Methods: `ewc` (Kirkpatrick 2017; online, Schwarz 2018), `si` (Zenke 2017), `distill`
 (Learning without Forgetting, Li & Hoiem 2017), `replay` (Rolnick 2019; reservoir, ring or
 class-balanced buffers), `vcl` (Nguyen 2018, with `BayesLinear`/`bayes_mlp`) and
-`progressive` (Rusu 2016, with `ProgressiveMLP`). `run_stream` is a minimal stream loop that
-calls the callbacks and fills the accuracy matrix R (see `runtime.continual_metrics`).
+`progressive` (Rusu 2016, with `ProgressiveMLP`). `run_stream` trains a stream with the shared
+`runtime.training.Trainer` (the plugins run through `ContinualCallback`) and fills the accuracy
+matrix R (see `runtime.continual_metrics`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from runtime.training import Callback, Trainer, TrainConfig
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 """Per-example loss: (outputs (B, ...), targets (B, ...)) -> (B,)."""
@@ -462,12 +465,16 @@ class ExampleBuffer(ContinualPlugin):
         ring            priority = -arrival index: the most recent examples
         class_balanced  priority ~ U(0, 1), at most ceil-split capacity / classes seen per
                         class (a reservoir per class; y must hold class indices)
+        experience_balanced  priority ~ U(0, 1), the capacity split evenly over the
+                        experiences seen (a reservoir per experience); examples arrive one whole
+                        experience at a time (`add(x, y, experience=k)`), as in Avalanche's
+                        `ExperienceBalancedBuffer`
 
-    State (buffers): x (n, ...), y (n, ...), priority (n,), seen, and the random generator's
-    state, so a resumed stream draws the same numbers.
+    State (buffers): x (n, ...), y (n, ...), priority (n,), experience (n,), seen, and the
+    random generator's state, so a resumed stream draws the same numbers.
     """
 
-    POLICIES = ("reservoir", "ring", "class_balanced")
+    POLICIES = ("reservoir", "ring", "class_balanced", "experience_balanced")
 
     def __init__(self, capacity: int, policy: str = "reservoir", seed: int = 0):
         super().__init__()
@@ -490,8 +497,8 @@ class ExampleBuffer(ContinualPlugin):
         self._set("rng", self.generator.get_state())
         return draw.to(device)
 
-    def add(self, x: Tensor, y: Tensor) -> None:
-        """Offer a batch x (B, ...), y (B, ...) to the buffer."""
+    def add(self, x: Tensor, y: Tensor, experience: int = 0) -> None:
+        """Offer a batch x (B, ...), y (B, ...) (all of experience `experience`) to the buffer."""
         b = x.shape[0]
         if self.policy == "ring":
             arrival = self.seen.to(x.device) + torch.arange(b, device=x.device)
@@ -499,23 +506,32 @@ class ExampleBuffer(ContinualPlugin):
         else:
             fresh = self._uniform(b, x.device)
         self.seen += b
+        label = torch.full((b,), experience, dtype=torch.long, device=x.device)
         if len(self) == 0:
-            all_x, all_y, priority = x, y, fresh
+            all_x, all_y, priority, experiences = x, y, fresh, label
         else:
             all_x = torch.cat([self._get("x"), x.to(self._get("x"))])
             all_y = torch.cat([self._get("y"), y.to(self._get("y"))])
             priority = torch.cat([self._get("priority"), fresh])
-        keep = self._select(priority, all_y)
+            experiences = torch.cat([self._get("experience"), label])
+        keep = self._select(priority, all_y, experiences)
         self._set("x", all_x[keep].clone())
         self._set("y", all_y[keep].clone())
         self._set("priority", priority[keep].clone())
+        self._set("experience", experiences[keep].clone())
 
-    def _select(self, priority: Tensor, y: Tensor) -> Tensor:
+    def _select(self, priority: Tensor, y: Tensor, experiences: Tensor) -> Tensor:
+        if self.policy == "experience_balanced":
+            return self._balanced(priority, experiences)
         if self.policy != "class_balanced":
             k = min(self.capacity, priority.shape[0])
             return torch.topk(priority, k, largest=False).indices
         if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
             raise ValueError("class_balanced replay needs integer class labels y of shape (N,)")
+        return self._balanced(priority, y)
+
+    def _balanced(self, priority: Tensor, y: Tensor) -> Tensor:
+        """The lowest-priority examples of each group (label y), capacity split evenly."""
         classes, label = torch.unique(y, return_inverse=True)
         n_classes = classes.numel()
         quota = torch.full((n_classes,), self.capacity // n_classes, device=y.device)
@@ -537,8 +553,14 @@ class ExampleBuffer(ContinualPlugin):
 
 class Replay(ContinualPlugin):
     """Experience replay: each batch of B new examples is trained together with round(ratio B)
-    examples drawn from the buffer; the new examples are then offered to the buffer. Needs no
-    task boundaries."""
+    examples drawn from the buffer.
+
+    Task-free policies (reservoir, ring, class_balanced): the new examples are then offered to
+    the buffer, which therefore also holds the current experience. `experience_balanced`
+    (Avalanche's default): the buffer is filled at each experience's end with that experience's
+    data and holds only past experiences, so every replayed example rehearses an old task;
+    it needs task boundaries.
+    """
 
     def __init__(self, capacity: int, policy: str = "reservoir", ratio: float = 1.0,
                  seed: int = 0):
@@ -548,15 +570,27 @@ class Replay(ContinualPlugin):
         self.ratio = ratio
         self.buffer = ExampleBuffer(capacity, policy, seed)
 
+    @property
+    def past_only(self) -> bool:
+        return self.buffer.policy == "experience_balanced"
+
     def augment_batch(self, model, batch):
+        if self.past_only and batch.task is None:
+            raise ValueError("replay(policy=experience_balanced) needs task boundaries; "
+                             "a task-free stream needs reservoir, ring or class_balanced")
         replayed = None
         if len(self.buffer) > 0 and self.ratio > 0:
             replayed = self.buffer.sample(max(1, round(self.ratio * len(batch))))
-        self.buffer.add(batch.x.detach(), batch.y.detach())
+        if not self.past_only:
+            self.buffer.add(batch.x.detach(), batch.y.detach())
         if replayed is None:
             return batch
         return replace(batch, x=torch.cat([batch.x, replayed[0]]),
                        y=torch.cat([batch.y, replayed[1]]))
+
+    def after_training_exp(self, model, task):
+        if self.past_only:
+            self.buffer.add(task.x.detach(), task.y.detach(), experience=task.task or 0)
 
 
 def replay(capacity: int, policy: str = "reservoir", ratio: float = 1.0, seed: int = 0) -> Replay:
@@ -750,50 +784,59 @@ def progressive() -> Progressive:
 
 
 # ----------------------------------------------------------------------------------------------
-# A minimal stream loop
+# Streams on the shared Trainer
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Plain SGD settings for `run_stream` (a new optimizer per experience)."""
+class ContinualCallback(Callback):
+    """Runs `plugins` inside `runtime.training.Trainer`'s step: the Trainer's minibatch
+    {"x": (B, ...), "y": (B, ...)} becomes a `TaskData` with the per-example `loss`, replay
+    augments it, regularizers add their penalty, SI reads the gradients and the step."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.1
-    momentum: float = 0.0
-    seed: int = 0
+    def __init__(self, plugins: ContinualPlugin, loss: Loss, task: Optional[int] = None):
+        self.plugins, self.loss, self.task = plugins, loss, task
+
+    def _data(self, batch: Dict[str, Tensor]) -> TaskData:
+        return TaskData(batch["x"], batch["y"], self.loss, self.task)
+
+    def on_train_batch(self, trainer, batch):
+        data = self.plugins.augment_batch(trainer.model, self._data(batch))
+        return {"x": data.x, "y": data.y}
+
+    def on_loss(self, trainer, batch, loss):
+        return self.plugins.before_backward(trainer.model, self._data(batch), loss)
+
+    def on_after_backward(self, trainer):
+        self.plugins.after_backward(trainer.model)
+
+    def on_after_step(self, trainer):
+        self.plugins.after_step(trainer.model)
 
 
-def train_step(model: nn.Module, batch: TaskData, plugins: ContinualPlugin,
-               optimizer: torch.optim.Optimizer) -> float:
-    """One optimizer step with every callback; returns the (penalized) loss."""
-    batch = plugins.augment_batch(model, batch)
-    loss = batch.loss(model(batch.x), batch.y).mean()
-    loss = plugins.before_backward(model, batch, loss)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    plugins.after_backward(model)
-    optimizer.step()
-    plugins.after_step(model)
-    return loss.item()
+def example_loss(loss: Loss) -> Callable:
+    """The Trainer's loss(model, batch) -> (mean loss, metrics) of a per-example `loss`."""
+    def mean_loss(model: nn.Module, batch: Dict[str, Tensor]):
+        value = loss(model(batch["x"]), batch["y"]).mean()
+        return value, {}
+    return mean_loss
 
 
 def train_experience(model: nn.Module, data: TaskData, plugins: ContinualPlugin,
-                     config: TrainConfig, task_free: bool = False) -> None:
-    """Train on one experience; task-free skips the boundary callbacks (and the task index)."""
-    if task_free:
-        data = replace(data, task=None)
-    else:
+                     config: TrainConfig, task_free: bool = False,
+                     callbacks: Sequence[Callback] = ()) -> List[dict]:
+    """Train on one experience with the shared `Trainer` (a new optimizer per experience,
+    `config.epochs` epochs of minibatches of `config.batch`, shuffled with the seed
+    `1000 * config.seed + task`; no validation split, no early stopping). Task-free skips the
+    boundary callbacks and hides the task index. Returns the Trainer's per-epoch history."""
+    task = None if task_free else data.task
+    if not task_free:
         plugins.before_training_exp(model, data)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
-    generator = torch.Generator().manual_seed(config.seed * 1000 + (data.task or 0))
-    model.train()
-    for _ in range(config.epochs):
-        for batch in data.batches(config.batch_size, generator):
-            train_step(model, batch, plugins, optimizer)
+    seed = 1000 * config.seed + (data.task or 0)
+    trainer = Trainer(model, example_loss(data.loss), replace(config, seed=seed),
+                      [ContinualCallback(plugins, data.loss, task), *callbacks])
+    history = trainer.fit({"x": data.x, "y": data.y})
     if not task_free:
         plugins.after_training_exp(model, data)
+    return history
 
 
 @torch.no_grad()
@@ -812,18 +855,29 @@ def evaluate(model: nn.Module, tasks: Sequence[Task], plugins: ContinualPlugin,
 
 
 def run_stream(model: nn.Module, stream: Sequence[Task], plugins: ContinualPlugin,
-               config: TrainConfig = TrainConfig(), score: Score = accuracy,
-               task_free: bool = False, start: int = 0, stop: Optional[int] = None) -> Tensor:
+               config: Optional[TrainConfig] = None, score: Score = accuracy,
+               task_free: bool = False, start: int = 0, stop: Optional[int] = None,
+               callbacks: Sequence[Callback] = ()) -> Tensor:
     """Train through experiences start..stop-1, evaluating on every task after each one.
 
-    Returns the rows R[start:stop] (stop-start, T) of the accuracy matrix, R[i, j] = score on
-    task j after training through task i. Task-free: no boundary callbacks are called (the
-    evaluation after each experience is the experimenter's, not the learner's).
+    `config` is the shared `runtime.training.TrainConfig` (default: plain SGD, lr 0.1, batch 32,
+    one epoch per experience). Returns the rows R[start:stop] (stop-start, T) of the accuracy
+    matrix, R[i, j] = score on task j after training through task i. Task-free: no boundary
+    callbacks are called (the evaluation after each experience is the experimenter's, not the
+    learner's).
     """
+    config = config or stream_config()
     stop = len(stream) if stop is None else stop
     rows = []
     for i in range(start, stop):
         train = replace(stream[i].train, task=i)
-        train_experience(model, train, plugins, config, task_free)
+        train_experience(model, train, plugins, config, task_free, callbacks)
         rows.append(evaluate(model, stream, plugins, score))
     return torch.stack(rows) if rows else torch.zeros(0, len(stream), dtype=torch.float64)
+
+
+def stream_config(epochs: int = 1, batch: int = 32, lr: float = 0.1, momentum: float = 0.0,
+                  seed: int = 0, optimizer: str = "sgd") -> TrainConfig:
+    """A `TrainConfig` for `run_stream`: no validation split, no progress bar."""
+    return TrainConfig(optimizer=optimizer, lr=lr, momentum=momentum, epochs=epochs, batch=batch,
+                       validation=0.0, seed=seed, progress=False)

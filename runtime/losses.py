@@ -213,6 +213,49 @@ class NLL:
         return -log_p.mean(), {"accuracy": accuracy, "energy_gap": (E_neg.mean(1) - E_demo).mean()}
 
 
+# ------------------------------------------------------------------------ world models
+
+@dataclass(frozen=True)
+class ModelLoss:
+    """Fit a `runtime.world_model.WorldModel` to k-step windows of transitions.
+
+    batch: `state` (B, k+1, n) the model's state along the window, `others` (B, k, r) its other
+    arguments at each step, optionally `bootstrap` (B, M) per-member example weights (bootstrap
+    resampling counts). With w_bk the weights (1 without), and everything in normalized target
+    units (σ_out):
+        one-step   L1 = mean_k [Σ_b w_bk mean_t ℓ_k(s_t, c_t, s_t+1) / Σ_b w_bk]
+                   (ℓ: Gaussian NLL for a probabilistic model, squared error otherwise, teacher forced)
+        multi-step Lk = mean_k [Σ_b w_bk mean_{t=1..k} |(ŝ^k_t ⊖ s_t) / σ_out|² / n / Σ_b w_bk]
+                   with ŝ^k_0 = s_0, ŝ^k_t+1 = member k's mean prediction from ŝ^k_t (its own rollout)
+        L = L1 + multistep_weight · Lk + the log-variance bound penalty.
+    Metrics: `mse` (one-step squared error, normalized units, mean over members and steps),
+    `rollout_mse` (squared error of the members' rollouts after k steps) and `nll` (probabilistic).
+    """
+
+    multistep_weight: float = 1.0
+
+    def __call__(self, model, batch: Batch):
+        s, c = batch["state"], batch["others"]
+        B, k = c.shape[:2]
+        M = model.members
+        weights = batch["bootstrap"].T if "bootstrap" in batch else s.new_ones(M, B)      # (M, B)
+        norm = weights.sum(1).clamp_min(1e-12)
+        per, sq = model.member_losses(s[:, :-1].reshape(B * k, -1), c.reshape(B * k, -1), s[:, 1:].reshape(B * k, -1))
+        per, sq = per.reshape(M, B, k).mean(-1), sq.reshape(M, B, k).mean(-1)
+        one_step = ((weights * per).sum(1) / norm).mean()
+        pred, errors = s[:, 0].unsqueeze(0).expand(M, -1, -1), []
+        for t in range(k):
+            pred = model.members_next(pred, c[:, t])
+            errors.append((model.difference(pred, s[:, t + 1].unsqueeze(0)) / model.out_std).pow(2).mean(-1))
+        rollout = torch.stack(errors, -1)                                                    # (M, B, k)
+        multistep = ((weights * rollout.mean(-1)).sum(1) / norm).mean()
+        loss = one_step + self.multistep_weight * multistep + model.logvar_bound_penalty()
+        metrics = {"mse": sq.mean().detach(), "rollout_mse": rollout[..., -1].mean().detach()}
+        if model.probabilistic:
+            metrics["nll"] = per.mean().detach()
+        return loss, metrics
+
+
 # ------------------------------------------------------------------------ registry
 
 LOSSES: dict[str, Callable[..., PlannerLoss]] = {"imitation": Imitation, "max_margin": MaxMargin, "nll": NLL}

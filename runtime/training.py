@@ -58,7 +58,9 @@ class TrainConfig:
     seed; patience: stop after this many epochs without improving the validation metric (None:
     never); checkpoint / log / plot: paths written by the default callbacks (None: not written);
     data: the demonstrations file; dagger_rounds / dagger_steps / teacher: DAgger (0 rounds: off);
-    progress: show a progress bar.
+    progress: show a progress bar; momentum: SGD's momentum (ignored by adam); stream: data files
+    trained one after another as the tasks of a continual stream (`data` is then unused);
+    task_free: train the stream without telling the learner where tasks begin and end.
     """
 
     loss: str = "imitation"
@@ -78,6 +80,9 @@ class TrainConfig:
     dagger_steps: int = 10
     teacher: Optional[str] = None
     progress: bool = True
+    momentum: float = 0.0
+    stream: tuple = ()
+    task_free: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +90,7 @@ class TrainConfig:
         checks = [(self.lr > 0, f"lr must be > 0, got {self.lr}"),
                   (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
                   (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
+                  (self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}"),
                   (0 <= self.validation < 1, f"validation must be in [0, 1), got {self.validation}"),
                   (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
                   (self.dagger_rounds >= 0, f"dagger_rounds must be >= 0, got {self.dagger_rounds}"),
@@ -137,9 +143,24 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------------- callbacks
 
 class Callback:
-    """Hooks on the loop; `state_dict` is saved with the trainer so a resumed run keeps it."""
+    """Hooks on the loop; `state_dict` is saved with the trainer so a resumed run keeps it.
+
+    Per optimizer step, in order: `on_train_batch` may replace the minibatch (replay adds stored
+    examples), `on_loss` may replace the loss (regularizers add a penalty), `on_after_backward`
+    sees the gradients, `on_after_step` the stepped parameters (`runtime.continual` uses all four).
+    """
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_train_batch(self, trainer: "Trainer", batch: Batch) -> Batch:
+        return batch
+
+    def on_loss(self, trainer: "Trainer", batch: Batch, loss: Tensor) -> Tensor:
+        return loss
+
+    def on_after_backward(self, trainer: "Trainer") -> None: ...
+
+    def on_after_step(self, trainer: "Trainer") -> None: ...
 
     def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
 
@@ -320,7 +341,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no parameters to train")
-        self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
+        extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
+        self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, **extra)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.epoch, self.target_epoch, self.history, self.should_stop = 0, config.epochs, [], False
         step = _LossModule(model, loss)
@@ -365,10 +387,19 @@ class Trainer:
             if len(index) < self.world:
                 continue
             shard = index[self.rank::self.world]
-            loss, metrics = self._step(take(train, shard))
+            part = take(train, shard)
+            for cb in self.callbacks:
+                part = cb.on_train_batch(self, part)
+            loss, metrics = self._step(part)
+            for cb in self.callbacks:
+                loss = cb.on_loss(self, part, loss)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * (len(shard) * self.world / len(index))).backward()
+            for cb in self.callbacks:
+                cb.on_after_backward(self)
             self.optimizer.step()
+            for cb in self.callbacks:
+                cb.on_after_step(self)
             _accumulate(totals, {"loss": loss, **metrics}, len(shard))
         return self._reduced_means(totals)
 

@@ -25,6 +25,7 @@ import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import AgentsInfo, GridInfo, PlanInfo, VarInfo
+from compiler.continual_block import continual_methods
 from compiler.envs import env_spec
 from compiler.train_block import train_settings
 from compiler.evaluate import evaluate
@@ -91,10 +92,9 @@ def run(graph: nx.DiGraph) -> PassResult:
         _check_stage_data(graph, info, errors)
     errors.raise_if_any()
 
-    for _, data in graph.nodes(data=True):
-        if data["kind"] is NodeKind.CONTINUAL:
-            errors.add(data["span"], "`continual` declarations are parsed but not compiled yet",
-                       "train the block without it for now (see docs/language.md)")
+    continual = [d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.CONTINUAL]
+    if continual:
+        info.continual = continual_methods(continual, info.blocks, constant_lookup(info), errors)
     typer.lets = {d["name"]: d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.LET}
     if "train" in graph:
         info.train = train_settings(graph.nodes["train"]["decl"], constant_lookup(info), errors)

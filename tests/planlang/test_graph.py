@@ -78,6 +78,10 @@ def _names(obj, skip_option_modes: bool = False) -> list[ast.Name]:
         return [n for k in obj.options if not isinstance(k.value, ast.Name) for n in _names(k.value)]
     if isinstance(obj, tuple):
         return [n for item in obj for n in _names(item)]
+    if isinstance(obj, ast.ContinualDecl):  # its block is named by a plain string and a span
+        return [ast.Name(obj.block_span, obj.block)] + _names(obj.methods)
+    if isinstance(obj, ast.Call):           # a block call `f(x, u)` uses block f (the span is the call's)
+        return [ast.Name(obj.span, obj.func)] + _names(obj.args) + _names(obj.keywords)
     if dataclasses.is_dataclass(obj):
         return [n for f in dataclasses.fields(obj) if f.name != "span" for n in _names(getattr(obj, f.name))]
     return []
@@ -88,7 +92,7 @@ def _check_uses(plan: planlang.Plan) -> None:
     decls = [d for _, d in graph.nodes(data="decl") if d is not None]
     assert sorted(map(id, decls)) == sorted(map(id, plan.ast.decls))          # one node per declaration
     assert graph.number_of_nodes() == len(plan.ast.decls) + (plan.ast.name is not None)
-    declared = {d["name"]: n for n, d in graph.nodes(data=True) if d["kind"] in NAMED_KINDS}
+    declared = {d["name"]: n for n, d in graph.nodes(data=True) if d["kind"] in NAMED_KINDS or d["kind"] is NodeKind.BLOCK}
     lines = plan.source.text.split("\n")
     expected_uses = {}
     for node, data in graph.nodes(data=True):
@@ -100,7 +104,8 @@ def _check_uses(plan: planlang.Plan) -> None:
         {k: sorted(v, key=str) for k, v in expected_uses.items()}                # one edge per use
     for (u, _), spans in got.items():
         for span in spans:                                                        # each use is the name
-            assert lines[span.line - 1][span.col - 1: span.end_col - 1] == graph.nodes[u]["name"]
+            text, name = lines[span.line - 1][span.col - 1: span.end_col - 1], graph.nodes[u]["name"]
+            assert text == name or (graph.nodes[u]["kind"] is NodeKind.BLOCK and text.startswith(name + "("))
 
 
 def test_one_node_per_declaration_and_one_edge_per_use(example_path: Path):

@@ -3,19 +3,20 @@ forgets; EWC's Fisher against a direct computation; reservoir sampling is unifor
 round trip mid-stream; gradients of every penalty and of the Bayesian layer."""
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from runtime.continual import (BayesLinear, EWC, ExampleBuffer, Plugins, ProgressiveMLP,
-                               TaskData, TrainConfig, bayes_mlp, cross_entropy, distill,
+                               TaskData, bayes_mlp, cross_entropy, distill,
                                empirical_fisher, evaluate, ewc, progressive, replay, run_stream,
-                               si, squared_error, accuracy, vcl)
+                               si, squared_error, accuracy, stream_config, vcl)
 from runtime.continual_metrics import backward_transfer
 from runtime.streams import permuted_gaussian
 
-CONFIG = TrainConfig(epochs=5, batch_size=32, lr=0.1, seed=0)
+CONFIG = stream_config(epochs=5, batch=32, lr=0.1, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def naive(stream):
     ("distill", lambda: distill(2.0, 3.0)),
     ("replay reservoir", lambda: replay(100)),
     ("replay class_balanced", lambda: replay(100, policy="class_balanced")),
+    ("replay experience_balanced", lambda: replay(100, policy="experience_balanced")),
     ("replay + distill", lambda: replay(100) + distill(2.0, 3.0)),
 ])
 def test_method_reduces_forgetting(stream, naive, name, make):
@@ -154,6 +156,22 @@ def test_ring_keeps_the_newest_and_class_balanced_splits_the_capacity():
     assert torch.bincount(balanced.sample(12)[1]).tolist() == [6, 6]
     with pytest.raises(ValueError, match="policy"):
         ExampleBuffer(5, "fifo")
+
+
+def test_experience_balanced_replay_holds_only_past_experiences_split_evenly():
+    plugin = replay(30, policy="experience_balanced")
+    model = nn.Linear(1, 1)
+    batch = TaskData(torch.zeros(8, 1), torch.full((8,), 99), cross_entropy, task=0)
+    assert len(plugin.augment_batch(model, batch)) == 8 and len(plugin.buffer) == 0   # nothing past yet
+    for k in range(3):
+        x = torch.full((40, 1), float(k))
+        plugin.after_training_exp(model, TaskData(x, torch.full((40,), k), cross_entropy, task=k))
+        held = torch.bincount(plugin.buffer.sample(30)[1], minlength=3)[:k + 1].tolist()
+        assert held == [30 // (k + 1)] * (k + 1)
+    augmented = plugin.augment_batch(model, replace(batch, task=3))
+    assert len(augmented) == 16 and 99 not in augmented.y[8:].tolist()   # the current batch is not stored
+    with pytest.raises(ValueError, match="needs task boundaries"):
+        plugin.augment_batch(model, replace(batch, task=None))
 
 
 def make_combo():

@@ -143,3 +143,37 @@ def test_dagger_aggregates_collected_data_each_round():
     assert [r["examples"] for r in history] == [12, 12, 16, 16, 20, 20]
     with pytest.raises(ValueError, match="cannot concatenate"):
         concat(data, {"x": data["x"]})
+
+
+def test_step_hooks_see_every_step_and_can_change_the_batch_and_the_loss():
+    """on_train_batch -> loss -> on_loss -> backward -> on_after_backward -> step -> on_after_step,
+    once per minibatch; a penalty added in on_loss reaches the gradient."""
+    from runtime.training import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_train_batch(self, trainer, batch):
+            self.calls.append("batch")
+            return {k: v[:4] for k, v in batch.items()}            # keep half of each minibatch of 8
+
+        def on_loss(self, trainer, batch, loss):
+            self.calls.append(("loss", len(batch["x"])))
+            return loss + 100.0 * trainer.model.bias.pow(2).sum()  # pull the bias to 0
+
+        def on_after_backward(self, trainer):
+            self.calls.append(("grad", trainer.model.bias.grad is not None))
+
+        def on_after_step(self, trainer):
+            self.calls.append("step")
+
+    recorder = Recorder()
+    data = _data(n=16)
+    trainer = Trainer(_model(), _mse, _config(epochs=30, validation=0, optimizer="sgd", lr=0.004, momentum=0.5),
+                      [recorder])
+    trainer.fit(data)
+    assert recorder.calls[:4] == ["batch", ("loss", 4), ("grad", True), "step"]
+    assert len(recorder.calls) == 4 * 2 * 30                       # two minibatches of 8 per epoch
+    assert abs(trainer.model.bias.item()) < 0.01                   # the data's bias is 0.3
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.5
