@@ -31,6 +31,7 @@ class Function:
     evaluate: Callable[..., qf.Value] | None               # (*arg values) -> value
     smooth: bool = True
     fold: Callable[..., torch.Tensor] | None = None        # int args -> constant (folded at compile time)
+    fold_reals: int = 0                                     # leading fold args that are any real numbers
     doc: str = ""
     is_block = False                                        # builtins are stateless (see compiler.blocks)
 
@@ -292,6 +293,10 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("eye", 1, 1, _eye_shape, lambda d: 0, None, fold=lambda n: torch.eye(n, dtype=torch.float64)),
     Function("zeros", 1, 2, _sized, lambda d: 0, None, fold=lambda *s: torch.zeros(*s, dtype=torch.float64)),
     Function("ones", 1, 2, _sized, lambda d: 0, None, fold=lambda *s: torch.ones(*s, dtype=torch.float64)),
+    Function("range", 1, 1, _sized, lambda d: 0, None, fold=lambda n: torch.arange(n, dtype=torch.float64),
+             doc="[0, 1, ..., n-1]"),
+    Function("linspace", 3, 3, _sized, lambda d: 0, None, fold_reals=2,
+             fold=lambda a, b, n: torch.linspace(a, b, n, dtype=torch.float64), doc="n points from a to b"),
     Function("min", 1, 2, _minmax_shape, _const_only, _MIN, smooth=False),
     Function("max", 1, 2, _minmax_shape, _const_only, _MAX, smooth=False),
     Function("clip", 3, 3, _elementwise, _const_only, _clip, smooth=False),

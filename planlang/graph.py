@@ -15,7 +15,9 @@ from planlang import ast
 from planlang.declarations import VALUE_KINDS, NodeKind, declaration_of
 from planlang.errors import Collector
 
-BUILTIN_NAMES = frozenset({"pi"})
+# `T` the horizon, `t` the stage index and `time` = t dt (stage expressions); a declaration of
+# the same name takes precedence.
+BUILTIN_NAMES = frozenset({"pi", "T", "t", "time"})
 NAMED_KINDS = VALUE_KINDS
 
 
