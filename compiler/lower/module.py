@@ -193,8 +193,12 @@ class PlanModule(nn.Module):
                 raise ValueError(f"{self.plan_name}: empty batch: '{name}' has batch size 0")
             return value
         want = f"({', '.join(map(str, shape))})" if shape else "a scalar"
+        rows = ""
+        if var.per_stage:
+            which = "T" if shape[0] == self.horizon else "T+1"
+            rows = f": time-indexed, its leading dimension is {which} = {shape[0]} (horizon T = {self.horizon})"
         raise ValueError(f"{self.plan_name}: '{name}' has shape {tuple(value.shape)}; expected {want} "
-                         f"or (B, {', '.join(map(str, shape))})".replace("(B, )", "(B,)"))
+                         f"or (B, {', '.join(map(str, shape))})".replace("(B, )", "(B,)") + rows)
 
     # ------------------------------------------------------------------ solving
     def forward(self, warm_start: torch.Tensor | None = None, **values) -> Solution:

@@ -46,12 +46,16 @@ class StageValues:
 
     def flat(self, env: Env, like: torch.Tensor, batch: int, shift: int = 0) -> Env:
         """`env` over all T stages of a batch of `batch`: rows b*T + t (b*T + t + shift for the stage
-        values), B-batched values repeated T times, the other values (batch 1) as they are."""
+        values), B-batched values repeated T times, the other values (batch 1) as they are. Data
+        with fewer than T + shift rows is left out (the shapes pass only lets rows placed at x_{t+1}
+        read data with T+1 rows)."""
         T = self.horizon
         out = {ref: v.repeat_interleave(T, dim=0) if torch.is_tensor(v) and v.shape[0] == batch > 1 else v
                for ref, v in env.items() if ref.kind is not STAGE}
         for ref in self.refs:
             rows = self.table(ref, env, like)[:, shift:shift + T]
+            if rows.shape[1] < T:          # too short for rows placed at x_{t+1}, which never read it
+                continue
             out[ref] = rows.expand((batch,) + rows.shape[1:]).reshape((batch * T,) + rows.shape[2:])
         return out
 

@@ -403,7 +403,8 @@ class Typer:
         per_stage = bool(decl.shape) and decl.shape[0].value == "T" and "T" not in self.info.consts
         var = VarInfo(ref, node, shape, positive=decl.positive, psd=decl.psd, per_stage=per_stage)
         if decl.init is not None:
-            var.default = self._fitting(self.expr(decl.init), shape, decl.init.span, "default")
+            var.default = self._fitting(_no_stage_values(self.expr(decl.init), "a default"), shape,
+                                        decl.init.span, "default")
             value = var.default.attr.broadcast_to(shape)
             if decl.positive and not bool((value > 0).all()):
                 raise Located(decl.init.span, "a `positive` learnable needs a positive initial value")
