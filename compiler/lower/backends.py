@@ -256,7 +256,8 @@ class ILQRBackend(_Lowered):
         batch = x0.shape[0]
         opts = self.info.options
         options = ILQROptions(max_iters=opts["iters"], tol=max(opts["tol"], 100 * torch.finfo(like.dtype).eps),
-                              backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton",
+                              cost_tol=opts["cost_tol"], backward=ILQRBackward[str(opts["backward"]).upper()],
+                              newton=opts["model"] == "newton",
                               constraints=ConstraintOptions(tol=opts["constraint_tol"]))
 
         lower, upper = self.control_bounds(env, like)

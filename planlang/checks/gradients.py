@@ -26,6 +26,17 @@ directions d (directional derivatives g.d), which the table says. Verdicts, one 
 
 Plans that cvxpy cannot represent (nonlinear dynamics, non-convex costs) are checked against FD
 only, and the report says why.
+
+The module solves with the plan's own options, so the check judges the solve that `planlang run`
+makes (the same stopping rule; no tolerance the plan never reaches). A solve that does not
+converge (any status but `solved`) is reported as such and fails the check: gradients of an
+unconverged solve are not judged (FD and the reference are skipped). The FD arbiter instead
+differences re-solves at the solver's tight settings (`Solver.check_options`: for iLQR tol 1e-12
+and no cost-decrease stop): a solve stopped by a relative rule is accurate in its cost, but its
+controls, by ~ the last step, move with the inputs in a way that is not the derivative of the
+solution (6e-5 off on a one-state iLQR plan whose implicit gradient is right to 3e-7), so FD of
+such solves cannot arbitrate; FD of the tight ones approximate the exact solution map, which is
+what the implicit gradient claims to differentiate.
 """
 from __future__ import annotations
 
@@ -44,10 +55,9 @@ from planlang.ast import VarKind
 # ------------------------------------------------------------------- options
 
 def tight_options(solver: str, options: dict) -> dict | None:
-    """Solver options for checking an iterative solver: FD of a solve resolves at best its tolerance / step.
-
-    The tolerance drops to 1e-12 and the iteration budget doubles (at least 200), never below the plan's.
-    """
+    """Tight solver options (the solver's `check_options`: a tight tolerance, a larger iteration
+    budget) for the FD arbiter of the gradient check and for `check --cross`, which compares
+    solvers to 1e-8. The solve being checked keeps the plan's own options."""
     from compiler.solvers import SOLVERS
 
     return SOLVERS[solver].check_options(options)
@@ -121,10 +131,11 @@ class CheckReport:
     reference: str                         # what the reference is, or why there is none
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    unconverged: str = ""                  # why the solve did not converge ("" when it did)
 
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
+        return not self.unconverged and all(row.ok for row in self.rows)
 
     def __getitem__(self, quantity: str) -> Row:
         for row in self.rows:
@@ -157,7 +168,9 @@ class CheckReport:
         failed = [r.quantity for r in self.rows if not r.ok]
         off = [r.quantity for r in self.rows if r.verdict is Verdict.REFERENCE_OFF]
         lines.append("")
-        if failed:
+        if self.unconverged:
+            lines.append(f"check FAILED: the solve did not converge ({self.unconverged}); its gradients are not judged")
+        elif failed:
             lines.append(f"check FAILED: {len(failed)} of {len(self.rows)} quantities disagree ({', '.join(failed)})")
         else:
             extra = f"; the reference, not the project, is off on {', '.join(off)}" if off else ""
@@ -268,6 +281,7 @@ class Side:
     ok: bool
     status: str
     derivatives: dict[str, np.ndarray]           # name -> (D,)
+    detail: str = ""                             # iterations and residual of an iterative solve
 
 
 def project_autograd(module, tensors, Wx, Wu) -> Side:
@@ -279,8 +293,15 @@ def project_autograd(module, tensors, Wx, Wu) -> Side:
     for t, g in zip(tensors, grads):
         g = np.zeros(t.value.size) if g is None else g[0].reshape(-1).numpy()
         derivatives[t.name] = t.directions @ g
+    detail = []
+    if sol.iterations is not None:
+        detail.append(f"{int(sol.iterations[0])} iterations")
+    if sol.residual is not None:
+        detail.append(f"residual {float(sol.residual[0]):.2e}")
+    if sol.violation is not None and float(sol.violation[0]) > 0:
+        detail.append(f"constraint violation {float(sol.violation[0]):.2e}")
     return Side(sol.x[0].detach().numpy(), sol.u[0].detach().numpy(), float(sol.cost[0].detach()),
-                 bool(sol.ok[0]), sol.status_names()[0], derivatives)
+                sol.status_names()[0] == "solved", sol.status_names()[0], derivatives, ", ".join(detail))
 
 
 def _perturbations(tensors: list[CheckedTensor], step: float):
@@ -392,9 +413,6 @@ def check_plan(plan, **options) -> CheckReport:
     start = time.perf_counter()
     opts = CheckOptions.of(options)
     module = api.compile(plan, dtype=torch.float64)
-    tight = tight_options(module.solver, module.info.options)
-    if tight:
-        module = api.compile(plan, dtype=torch.float64, options=tight)
     tensors = checked_tensors(module, opts.values or {})
     rng = np.random.default_rng(opts.seed)
     T, n, m = module.horizon, module.layout.n, module.layout.m
@@ -402,7 +420,11 @@ def check_plan(plan, **options) -> CheckReport:
     choose_directions(tensors, opts, rng)
 
     project = project_autograd(module, tensors, Wx, Wu)
-    fd = _project_fd(module, tensors, Wx, Wu, opts.fd_step)
+    if not project.ok:
+        return _unconverged(module, tensors, project, time.perf_counter() - start)
+    tight = tight_options(module.solver, module.info.options)
+    arbiter = api.compile(plan, dtype=torch.float64, options=tight) if tight else module
+    fd = _project_fd(arbiter, tensors, Wx, Wu, opts.fd_step)
 
     problem = ref = reference = None
     description = "none (reference=False): solutions unchecked, gradients checked against finite differences only"
@@ -421,8 +443,10 @@ def check_plan(plan, **options) -> CheckReport:
 
     rows = _solution_rows(project, reference, problem, ref, opts)
     rows += _gradient_rows(tensors, project, fd, reference, opts)
+    settings = f" at {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in tight.items())}" \
+        if tight else ""
     notes = [f"L = <Wx, x> + <Wu, u> + cost with fixed random weights (seed {opts.seed}); "
-             f"FD: central differences of the module's forward solve (step {opts.fd_step:g}, relative)",
+             f"FD: central differences of the module's forward solve{settings} (step {opts.fd_step:g}, relative)",
              f"tolerances: solutions {opts.solution_tol:g}, gradients {opts.grad_tol:g} (relative)"]
     if module.learnables:
         notes.append("learnables are checked with respect to their values (positive: softplus(raw); psd: L L'), "
@@ -431,6 +455,19 @@ def check_plan(plan, **options) -> CheckReport:
         notes.append(f"tensors with more than {opts.max_entries} entries are checked along {opts.directions} "
                      "random unit directions (directional derivatives)")
     return CheckReport(module.plan_name, module.solver, rows, description, notes, time.perf_counter() - start)
+
+
+def _unconverged(module, tensors: list[CheckedTensor], project: Side, seconds: float) -> CheckReport:
+    """The report of a solve that did not converge: its solution, and no verdict on gradients."""
+    why = f"status {project.status}" + (f", {project.detail}" if project.detail else "")
+    rows = [Row(name, "solution", value.size, value, None, None, None, None, Verdict.FAIL, "did not converge: " + why)
+            for name, value in (("x", project.x), ("u", project.u), ("cost", np.array([project.cost])))]
+    rows += [Row(t.label, "gradient", t.value.size, project.derivatives[t.name], None, None, None, None,
+                 Verdict.UNCHECKED, "not judged: the solve did not converge") for t in tensors]
+    notes = [f"did not converge: {why} (the plan's own options, as `planlang run` solves it); raise `iters`, "
+             "add a `guess`, or loosen `tol`"]
+    return CheckReport(module.plan_name, module.solver, rows, "none: the solve did not converge", notes, seconds,
+                       unconverged=why)
 
 
 def _solution_rows(project: Side, reference: Side | None, problem, ref, opts: CheckOptions) -> list[Row]:
