@@ -382,7 +382,7 @@ FUNCTION_RULES: dict[str, Callable[[Expr, list], Value]] = {
     "min": _numeric(_minmax(np.min, np.minimum)), "max": _numeric(_minmax(np.max, np.maximum)),
     "clip": _numeric(lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi)),
     "atan2": _numeric(np.arctan2), "wrap": _numeric(lambda v: np.remainder(v + np.pi, 2 * np.pi) - np.pi),
-    "mod": _numeric(np.remainder),
+    "mod": _numeric(np.remainder), "transpose": _numeric(lambda v: np.swapaxes(v, -1, -2)),
     "sum": _sum, "dot": _dot, "quad": _quad, "diag": _diag, "cat": _cat,
 }
 
