@@ -69,6 +69,9 @@ class _Lowered:
         functions = [f for f in (self._field, self._stage, self._final) if f is not None]
         head = f"{type(self).__name__}: solve {self.info.solver}({options}), horizon {self.horizon}, " \
                f"n={self.layout.n}, m={self.layout.m}, exact jets: {'yes' if self.parts.has_jets else 'no (autodiff)'}"
+        if self.stage_values:
+            names = ", ".join("t" if r.name == "t" else f"{r.name}[t]" for r in self.stage_values.refs)
+            head += f", stage values: {names}"
         return "\n".join([head] + [f.source for f in functions])
 
     def _bind(self, fn: StackedFunction, env: Env, like: torch.Tensor):

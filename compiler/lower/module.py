@@ -212,14 +212,16 @@ class PlanModule(nn.Module):
             warm_start = self._warm_start(warm_start, x0.shape[0], like)
         return self._solve(env, x0, like, warm_start)
 
-    def solve_with(self, values: dict, learned: dict[str, torch.Tensor] | None = None) -> Solution:
+    def solve_with(self, values: dict, learned: dict[str, torch.Tensor] | None = None,
+                   warm_start: torch.Tensor | None = None) -> Solution:
         """Solve with `values` bound by name (as `forward`) and learnables given by their constrained
         VALUE (B or 1 leading) instead of the module's parameters: for gradient checks that perturb
-        a learnable's value directly."""
+        a learnable's value directly. `warm_start` as in `forward`."""
         env, x0, like = self.bind(values)
         for name, value in (learned or {}).items():
             env[self._learnable(name).ref] = value.to(like)
-        return self._solve(env, x0, like, None)
+        warm = None if warm_start is None else self._warm_start(warm_start, x0.shape[0], like)
+        return self._solve(env, x0, like, warm)
 
     def _solve(self, env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution:
         """The backend's solve, with failures as statuses (module docstring)."""

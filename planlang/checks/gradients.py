@@ -32,11 +32,12 @@ makes (the same stopping rule; no tolerance the plan never reaches). A solve tha
 converge (any status but `solved`) is reported as such and fails the check: gradients of an
 unconverged solve are not judged (FD and the reference are skipped). The FD arbiter instead
 differences re-solves at the solver's tight settings (`Solver.check_options`: for iLQR tol 1e-12
-and no cost-decrease stop): a solve stopped by a relative rule is accurate in its cost, but its
-controls, by ~ the last step, move with the inputs in a way that is not the derivative of the
-solution (6e-5 off on a one-state iLQR plan whose implicit gradient is right to 3e-7), so FD of
-such solves cannot arbitrate; FD of the tight ones approximate the exact solution map, which is
-what the implicit gradient claims to differentiate.
+and no cost-decrease stop), warm-started from the checked solution. A solve stopped by a
+relative rule has an accurate cost, but its controls, off by about the last step in flat
+directions, move with the inputs in a way that is not the derivative of the solution (FD 6e-5
+off on a one-state iLQR plan whose implicit gradient is right to 3e-7), so FD of such solves
+cannot arbitrate; FD of tight re-solves approximate the exact solution map, which the implicit
+gradient claims to differentiate.
 """
 from __future__ import annotations
 
@@ -259,10 +260,11 @@ def choose_directions(tensors: list[CheckedTensor], opts: CheckOptions, rng: np.
 
 # ---------------------------------------------------------------- project side
 
-def project_solve(module, tensors: list[CheckedTensor], values: dict[str, torch.Tensor]):
+def project_solve(module, tensors: list[CheckedTensor], values: dict[str, torch.Tensor], warm_start=None):
     """Solve with every value given batch-first, learnables by VALUE (bypassing the parametrization)."""
     learned = {t.name: values[t.name] for t in tensors if t.kind is VarKind.LEARN}
-    return module.solve_with({t.name: values[t.name] for t in tensors if t.kind is not VarKind.LEARN}, learned)
+    return module.solve_with({t.name: values[t.name] for t in tensors if t.kind is not VarKind.LEARN}, learned,
+                             warm_start)
 
 
 def _torch_loss(sol, Wx: np.ndarray, Wu: np.ndarray) -> torch.Tensor:
@@ -322,8 +324,9 @@ class _FiniteDifferences:
     backward: dict[str, np.ndarray]
 
 
-def _project_fd(module, tensors, Wx, Wu, step: float) -> _FiniteDifferences:
-    """Finite differences of the module's forward solve: every perturbation in one batched solve."""
+def _project_fd(module, tensors, Wx, Wu, step: float, warm_start: np.ndarray | None = None) -> _FiniteDifferences:
+    """Finite differences of the module's forward solve: every perturbation in one batched solve
+    (iterative solvers warm-started from `warm_start` (T, m), the nominal solution, if given)."""
     pairs = list(_perturbations(tensors, step))
     batch = 2 * len(pairs) + 1                       # the last row is the nominal point
     values = {t.name: np.broadcast_to(t.value, (batch,) + t.value.shape).copy() for t in tensors}
@@ -331,7 +334,8 @@ def _project_fd(module, tensors, Wx, Wu, step: float) -> _FiniteDifferences:
         values[t.name][2 * p] = plus
         values[t.name][2 * p + 1] = minus
     with torch.no_grad():
-        sol = project_solve(module, tensors, {k: torch.from_numpy(v) for k, v in values.items()})
+        warm = None if warm_start is None else torch.from_numpy(warm_start)
+        sol = project_solve(module, tensors, {k: torch.from_numpy(v) for k, v in values.items()}, warm)
         loss = _torch_loss(sol, Wx, Wu).numpy()
     out = _FiniteDifferences(*({t.name: np.zeros(len(t.directions)) for t in tensors} for _ in range(3)))
     for p, (t, j, h, _, _) in enumerate(pairs):
@@ -424,7 +428,7 @@ def check_plan(plan, **options) -> CheckReport:
         return _unconverged(module, tensors, project, time.perf_counter() - start)
     tight = tight_options(module.solver, module.info.options)
     arbiter = api.compile(plan, dtype=torch.float64, options=tight) if tight else module
-    fd = _project_fd(arbiter, tensors, Wx, Wu, opts.fd_step)
+    fd = _project_fd(arbiter, tensors, Wx, Wu, opts.fd_step, project.u if tight else None)
 
     problem = ref = reference = None
     description = "none (reference=False): solutions unchecked, gradients checked against finite differences only"
