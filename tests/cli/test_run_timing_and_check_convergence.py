@@ -75,3 +75,17 @@ def test_check_solves_with_the_plans_own_options():
     assert report.ok and not report.unconverged, report.render()
     module = planlang.compile(planlang.loads(SLOW.replace("ITERS", "50")), dtype=torch.float64)
     assert module().status_names() == ["solved"]
+
+
+def test_a_gradient_off_by_the_solves_own_inaccuracy_is_reported_as_such():
+    from planlang.checks.gradients import CheckedTensor, CheckOptions, Side, _FiniteDifferences, _gradient_rows
+    from planlang.ast import VarKind
+    import numpy as np
+
+    tensor = CheckedTensor("x", VarKind.STATE, np.ones(1), np.eye(1), np.ones(1))
+    side = Side(np.zeros((2, 1)), np.zeros((1, 1)), 0.0, True, "solved", {"x": np.array([1.0 + 3e-5])})
+    fd = _FiniteDifferences({"x": np.array([1.0])}, {"x": np.array([1.0])}, {"x": np.array([1.0])})
+    loose = _gradient_rows([tensor], side, fd, None, CheckOptions(), solve_error=1e-6)[0]
+    exact = _gradient_rows([tensor], side, fd, None, CheckOptions(), solve_error=0.0)[0]
+    assert loose.verdict is Verdict.SOLVE_TOL and "1.0e-06" in loose.note
+    assert exact.verdict is Verdict.FAIL
