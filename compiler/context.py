@@ -20,6 +20,7 @@ class VarInfo:
     upper: Expr | None = None
     positive: bool = False
     psd: bool = False
+    per_stage: bool = False                # declared with a leading `T` or `T+1`: time-indexed data
 
     @property
     def size(self) -> int:

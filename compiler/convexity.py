@@ -16,14 +16,15 @@ from compiler.ir import Expr, Op
 
 
 def min_eigenvalue(expr: Expr, env, nz: int, like: torch.Tensor, block: slice) -> float:
-    """Smallest eigenvalue of the Hessian of a scalar quadratic `expr` restricted to z[block].
+    """Smallest eigenvalue of the Hessian of a scalar quadratic `expr` restricted to z[block]
+(over all rows of the evaluation: every stage, where `env` binds stage values).
 
     NaN when the Hessian is not finite (e.g. weights that overflow at the default values) or
     the eigenvalue solver fails on it. It is scaled to entries <= 1 first, so that huge finite
     weights (1e308) neither overflow inside the solver nor keep it from converging.
     """
     _, _, H = qf.coefficients(evaluate(expr, env, like), nz)
-    H = H[0, block, block]
+    H = H[:, block, block]                     # one row per stage where stage values vary it
     if not bool(torch.isfinite(H).all()):
         return math.nan
     scale = float(H.abs().max()) if H.numel() else 0.0

@@ -31,6 +31,7 @@ class Function:
     evaluate: Callable[..., qf.Value] | None               # (*arg values) -> value
     smooth: bool = True
     fold: Callable[..., torch.Tensor] | None = None        # int args -> constant (folded at compile time)
+    fold_reals: int = 0                                     # leading fold args that are any real numbers
     doc: str = ""
     is_block = False                                        # builtins are stateless (see compiler.blocks)
 
@@ -103,6 +104,20 @@ def _sized(shapes, consts):
     if any(s <= 0 for s in sizes):
         raise ShapeError("sizes must be positive integers")
     return sizes if len(sizes) > 1 or sizes else ()
+
+
+def _transpose_shape(shapes, _consts):
+    if len(shapes[0]) != 2:
+        raise ShapeError(f"transpose expects a matrix, got {format_shape(shapes[0])}")
+    return shapes[0][::-1]
+
+
+def _transpose(m):
+    """Of data (a tensor (B, r, c)); a transposed jet of a state or control has no rule (the
+    degree rule makes it non-polynomial and `smooth=False` keeps derivative solvers away)."""
+    if isinstance(m, qf.QuadForm):
+        raise TypeError("transpose() of a state or control has no jet rule")
+    return m.transpose(-1, -2)
 
 
 def _eye_shape(shapes, consts):
@@ -292,6 +307,12 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("eye", 1, 1, _eye_shape, lambda d: 0, None, fold=lambda n: torch.eye(n, dtype=torch.float64)),
     Function("zeros", 1, 2, _sized, lambda d: 0, None, fold=lambda *s: torch.zeros(*s, dtype=torch.float64)),
     Function("ones", 1, 2, _sized, lambda d: 0, None, fold=lambda *s: torch.ones(*s, dtype=torch.float64)),
+    Function("transpose", 1, 1, _transpose_shape, _const_only, _transpose, smooth=False,
+             doc="the transpose of a matrix of data (e.g. a [T, 2] reference from two rows)"),
+    Function("range", 1, 1, _sized, lambda d: 0, None, fold=lambda n: torch.arange(n, dtype=torch.float64),
+             doc="[0, 1, ..., n-1]"),
+    Function("linspace", 3, 3, _sized, lambda d: 0, None, fold_reals=2,
+             fold=lambda a, b, n: torch.linspace(a, b, n, dtype=torch.float64), doc="n points from a to b"),
     Function("min", 1, 2, _minmax_shape, _const_only, _MIN, smooth=False),
     Function("max", 1, 2, _minmax_shape, _const_only, _MAX, smooth=False),
     Function("clip", 3, 3, _elementwise, _const_only, _clip, smooth=False),

@@ -31,11 +31,24 @@ class Op(Enum):
     CALL = auto()       # attr: compiler.functions.Function
 
 
+class Stage(Enum):
+    """The kind of the values a stage expression reads at its stage t: `VarRef(STAGE, "t")` is the
+    stage index itself, `VarRef(STAGE, name)` row t of the time-indexed input or param `name`
+    (written `name[t]`; its leading dimension is the horizon T, or T+1). Lowering binds them per
+    stage (`compiler.lower.stages`)."""
+
+    STAGE = "stage"
+
+
+STAGE = Stage.STAGE
+STAGE_INDEX = "t"
+
+
 @dataclass(frozen=True)
 class VarRef:
     """A declared tensor; decision variables (states, controls) are read at the current stage."""
 
-    kind: VarKind
+    kind: VarKind | Stage
     name: str
 
     def __post_init__(self):
@@ -69,6 +82,10 @@ class Expr:
     def variables(self) -> set[VarRef]:
         return {e.attr for e in self.walk() if e.op is Op.VAR}
 
+    def first_stage_value(self) -> "Expr | None":
+        """The first sub-expression that reads a value of the stage (`t`, `time`, `ref[t]`)."""
+        return next((e for e in self.walk() if e.op is Op.VAR and e.attr.kind is STAGE), None)
+
     def as_text(self) -> str:
         """A compact s-expression with shapes, for `planlang graph --after shapes`."""
         if self.op is Op.CONST:
@@ -76,6 +93,8 @@ class Expr:
             body = f"{value.item():g}" if value.numel() == 1 else f"tensor{list(value.shape)}"
             return body
         if self.op is Op.VAR:
+            if self.attr.kind is STAGE:
+                return "t" if self.attr.name == STAGE_INDEX else f"{self.attr.name}[t]"
             return str(self.attr.name)
         head = self.attr.name if self.op is Op.CALL else self.op.name.lower()
         if self.op is Op.INDEX:

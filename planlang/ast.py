@@ -192,10 +192,16 @@ def _atom_text(expr: "Expr") -> str:
 
 @dataclass(frozen=True)
 class Size:
-    """One dimension of a declared shape: an integer or a `const` name."""
+    """One dimension of a declared shape: an integer, or a name (a `const`, or `T` for the
+    horizon) plus an integer offset (`T+1`)."""
 
     span: Span
     value: int | str
+    offset: int = 0
+
+    @property
+    def text(self) -> str:
+        return str(self.value) + (f"+{self.offset}" if self.offset else "")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="planlang", description="Compile and solve .plan files.")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: plans are small and latency-bound)")
+                        help="torch intra-op threads (default 1: plans are small and latency-bound; "
+                             "see docs/language.md)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     run = verbs.add_parser("run", help="solve a plan and print a summary")
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the solution as JSON")
     run.add_argument("--plot", type=Path, metavar="OUT.png", help="plot states and controls over time")
     run.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
+    run.add_argument("--warm", action="store_true",
+                     help="time a second solve (after torch's one-time set-up) instead of the first")
     run.add_argument("--weights", type=Path, metavar="CKPT", help="load trained weights (from `planlang train -o`)")
     run.add_argument("--allow-imports", action="store_true",
                      help="let `block f = python(\"pkg.mod:Class\", ...)` import and run the code the plan names")
@@ -134,20 +137,22 @@ def _run(args) -> int:
         return _run_grid(module, args, values)
     if module.info.family == "joint":
         return _run_joint(module, args, values)
+    _warn_threads(module)
     with torch.no_grad():
         if args.closed_loop is not None:
             system = planlang.compile(planlang.load(args.system), dtype=dtype) if args.system else None
             start = time.perf_counter()
             sol = module.simulate(args.closed_loop, system=system, **values)
         else:
-            sol = module(**values)             # the first call also pays torch's one-time set-up
+            if args.warm:
+                module(**values)               # pays torch's one-time set-up; the next solve is timed
             start = time.perf_counter()
             sol = module(**values)
         elapsed = time.perf_counter() - start
     if args.json:
         print(json.dumps(_solution_json(module, sol, elapsed), indent=2))
     else:
-        print(_summary(module, sol, elapsed))
+        print(_summary(module, sol, elapsed, args.warm))
     if args.plot:
         from planlang.plot import plot_solution
         plot_solution(module, sol, args.plot)
@@ -213,14 +218,27 @@ def _drive(module, args, values) -> int:
     return EXIT_OK
 
 
-def _summary(module, sol, elapsed: float) -> str:
+SMALL_PLAN = 10**5       # horizon * (n + m)^2 below which one intra-op thread is faster (docs/language.md)
+
+
+def _warn_threads(module) -> None:
+    """A loud note on stderr when torch runs a small plan on several intra-op threads."""
+    threads, width = torch.get_num_threads(), module.layout.n + module.layout.m
+    if threads > 1 and module.horizon * width ** 2 <= SMALL_PLAN:
+        print(f"planlang: warning: torch uses {threads} intra-op threads for a small plan (T={module.horizon}, "
+              f"n={module.layout.n}, m={module.layout.m}); small plans solve faster on one thread "
+              "(--threads 1, the default)", file=sys.stderr)
+
+
+def _summary(module, sol, elapsed: float, warm: bool = False) -> str:
     names = sol.status_names()
     lines = [f"plan      {module.plan_name}",
              f"solver    {module.solver}",
              f"horizon   {module.horizon}  (n={module.layout.n} states, m={module.layout.m} controls, batch {sol.x.shape[0]})",
              f"cost      {', '.join(f'{c:.6g}' for c in sol.cost.tolist())}",
              f"status    {', '.join(names)}",
-             f"time      {elapsed * 1e3:.2f} ms" + (" (warm solve)" if "closed loop" not in sol.solver else "")]
+             f"time      {elapsed * 1e3:.2f} ms" + ("" if "closed loop" in sol.solver else
+                                                  " (warm solve)" if warm else " (one solve; --warm times a second)")]
     if sol.iterations is not None:
         lines.append(f"iters     {', '.join(str(i) for i in sol.iterations.tolist())}")
     for name, (which, _, _) in sol.layout.items():

@@ -118,7 +118,7 @@ class Variable(Declaration):
         return sizes + ast.names_in(decl.init)
 
     def attrs(self, decl):
-        return {"shape": tuple(s.value for s in decl.shape)}
+        return {"shape": tuple(s.value if not s.offset else s.text for s in decl.shape)}
 
 
 class Const(Declaration):

@@ -15,7 +15,9 @@ from planlang import ast
 from planlang.declarations import VALUE_KINDS, NodeKind, declaration_of
 from planlang.errors import Collector
 
-BUILTIN_NAMES = frozenset({"pi", "other"})     # `other`: the other agent in `energy pair`
+# `T` the horizon, `t` the stage index and `time` = t dt (stage expressions), `other` the other
+# agent in `energy pair`; a declaration of the same name takes precedence.
+BUILTIN_NAMES = frozenset({"pi", "T", "t", "time", "other"})
 NAMED_KINDS = VALUE_KINDS
 
 

@@ -206,7 +206,8 @@ class _ToAST(Transformer):
 
     def size(self, meta, children):
         tok = children[0]
-        return ast.Size(_token_span(tok), int(tok) if tok.type == "INT" else str(tok))
+        offset = int(children[2]) if len(children) == 3 else 0
+        return ast.Size(_token_span(tok), int(tok) if tok.type == "INT" else str(tok), offset)
 
     def bounds(self, meta, children):
         return (children[0], children[1])

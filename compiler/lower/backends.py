@@ -19,6 +19,7 @@ from compiler.evaluate import Env, evaluate
 from compiler.integrators import INTEGRATORS
 from compiler.layout import Layout
 from compiler.lower.quadratic import QuadraticData, extract, sum_costs
+from compiler.lower.stages import StageValues
 from compiler.problem import Placement, TrajectoryProblem
 from compiler.solution import Solution
 from planlang.ast import Cmp
@@ -56,6 +57,11 @@ class _Lowered:
             if self.stage_costs else None
         self._final = StackedFunction(tuple(self.final_costs), (1,) * len(self.final_costs), slices, "final_costs") \
             if self.final_costs else None
+        # Stage values (`t`, `ref[t]`): the callables carry a clock state after the plan's states
+        # (see compiler.lower.stages); `clocked` says whether they do.
+        self.stage_values = StageValues(info, [*self.transition.exprs.values(), *self.stage_costs,
+                                               *(c[0] for c in self.parts.constraints)])
+        self.clocked = bool(self.stage_values)
 
     def as_text(self) -> str:
         """The lowered plan: solver, options and the generated code of dynamics and costs."""
@@ -63,29 +69,69 @@ class _Lowered:
         functions = [f for f in (self._field, self._stage, self._final) if f is not None]
         head = f"{type(self).__name__}: solve {self.info.solver}({options}), horizon {self.horizon}, " \
                f"n={self.layout.n}, m={self.layout.m}, exact jets: {'yes' if self.parts.has_jets else 'no (autodiff)'}"
+        if self.stage_values:
+            names = ", ".join("t" if r.name == "t" else f"{r.name}[t]" for r in self.stage_values.refs)
+            head += f", stage values: {names}"
         return "\n".join([head] + [f.source for f in functions])
 
+    def _bind(self, fn: StackedFunction, env: Env, like: torch.Tensor):
+        """fn bound to `env`: (x, u) -> (B, k). A clocked plan's x may carry the clock in its last
+        column (B, n+1), whose rows of the stage values are gathered per call; without it, the
+        stage is 0."""
+        if not self.clocked:
+            return fn.bind(env, like)
+        env, n, values = self.stage_values.with_tables(env, like), self.layout.n, self.stage_values
+
+        def call(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            clock = x[:, n] if x.shape[1] > n else x.new_zeros(x.shape[0])
+            return fn.bind({**env, **values.at_clock(env, clock)}, like)(x[:, :n], u)
+        return call
+
+    def with_clock(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x (B, n) or (B, T, n) with the clock appended for a clocked plan (stage start, or
+        start..start+T-1 along the time axis); x itself otherwise."""
+        if not self.clocked:
+            return x
+        if x.dim() == 2:
+            return torch.cat((x, x.new_full((x.shape[0], 1), float(start))), 1)
+        clock = torch.arange(start, start + x.shape[1], dtype=x.dtype, device=x.device)
+        return torch.cat((x, clock.expand(x.shape[0], -1).unsqueeze(-1)), 2)
+
+    def without_clock(self, x: torch.Tensor) -> torch.Tensor:
+        """The plan's states of a (possibly) clocked x (..., n or n+1)."""
+        return x[..., :self.layout.n]
+
     def dynamics(self, env: Env, like: torch.Tensor):
-        """(x (B, n), u (B, m)) -> x_{t+1} (B, n) with `env` bound (integrated if continuous)."""
-        field, integrator = self._field.bind(env, like), self.transition.integrator
+        """(x (B, n), u (B, m)) -> x_{t+1} (B, n) with `env` bound (integrated if continuous); a
+        clocked x (B, n+1) advances its clock by one."""
+        field, integrator = self._bind(self._field, env, like), self.transition.integrator
+        if not self.clocked:
+            if integrator is None:
+                return field
+            integrate, dt = INTEGRATORS[integrator[0]], integrator[1]
+            return lambda x, u: integrate(lambda s: {"x": field(s["x"], u)}, {"x": x}, dt)["x"]
+        n = self.layout.n
         if integrator is None:
-            return field
-        integrate, dt = INTEGRATORS[integrator[0]], integrator[1]
-        return lambda x, u: integrate(lambda s: {"x": field(s["x"], u)}, {"x": x}, dt)["x"]
+            advance = field
+        else:
+            integrate, dt = INTEGRATORS[integrator[0]], integrator[1]
+            advance = lambda x, u: integrate(lambda s: {"x": field(torch.cat((s["x"], x[:, n:]), 1), u)},
+                                             {"x": x[:, :n]}, dt)["x"]
+        return lambda x, u: torch.cat((advance(x, u), x[:, n:] + 1), 1) if x.shape[1] > n else advance(x, u)
 
     def stage_costs_of(self, env: Env, like: torch.Tensor):
         """(x (B, n), u (B, m)) -> the summed stage costs (B,) with `env` bound."""
         if self._stage is None:
             return lambda x, u: x.new_zeros(x.shape[0])
-        stage = self._stage.bind(env, like)
+        stage = self._bind(self._stage, env, like)
         return lambda x, u: stage(x, u).sum(1)
 
     def final_costs_of(self, env: Env, like: torch.Tensor):
         """x (B, n) -> the summed final costs (B,) with `env` bound."""
         if self._final is None:
             return lambda x: x.new_zeros(x.shape[0])
-        final = self._final.bind(env, like)
-        return lambda x: final(x, None).sum(1)
+        final, n = self._final.bind(env, like), self.layout.n
+        return lambda x: final(x[:, :n], None).sum(1)
 
     def step(self, env: Env, x: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """x_{t+1} (B, n) from x (B, n) and u (B, m)."""
@@ -137,7 +183,10 @@ class _Lowered:
 # ---------------------------------------------------------------- LQR and QP
 
 def _over_stages(t: torch.Tensor, batch: int, horizon: int) -> torch.Tensor:
-    """(b, ...) time-invariant data as a (B, T, ...) view."""
+    """Stage data as (B, T, ...): time-invariant (b, ...) data expanded, time-varying data
+    (B*T, ...) (rows b*T + t, `compiler.lower.stages`) reshaped."""
+    if t.shape[0] == batch * horizon > 1:
+        return t.reshape((batch, horizon) + t.shape[1:])
     t = t.expand((batch,) + t.shape[1:])
     return t.unsqueeze(1).expand((batch, horizon) + t.shape[1:])
 
@@ -148,25 +197,37 @@ def _lqr_data(data: QuadraticData, batch: int, horizon: int) -> dict[str, torch.
                 CT=data.CT.expand((batch,) + data.CT.shape[1:]), cT=data.cT.expand((batch,) + data.cT.shape[1:]))
 
 
-def _constant_cost(data: QuadraticData, horizon: int) -> torch.Tensor:
-    return horizon * data.stage_const + data.final_const
+def _constant_cost(data: QuadraticData, batch: int, horizon: int) -> torch.Tensor:
+    return _over_stages(data.stage_const, batch, horizon).sum(1) + data.final_const
 
 
-class LQRBackend(_Lowered):
+class _QuadraticLowered(_Lowered):
+    def _extract(self, env: Env, like: torch.Tensor, batch: int) -> QuadraticData:
+        """The plan's LQR/QP data; stage values are bound for all stages at once (time-varying data)."""
+        if not self.stage_values:
+            return extract(self.parts, env, like)
+        now = self.stage_values.flat(env, like, batch)
+        after = any(where is Placement.NEXT and ir.first_stage_value() is not None
+                    for ir, _, where in self.parts.constraints)
+        return extract(self.parts, env, like, (now, self.stage_values.flat(env, like, batch, 1) if after else now))
+
+
+class LQRBackend(_QuadraticLowered):
     """`solve lqr`: extract (C, c, F, f, CT, cT) exactly and run the differentiable Riccati solver."""
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
-        data = extract(self.parts, env, like)
-        sol = lqr(x0, **_lqr_data(data, x0.shape[0], self.horizon))
-        return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, self.horizon), sol.status, "lqr")
+        batch = x0.shape[0]
+        data = self._extract(env, like, batch)
+        sol = lqr(x0, **_lqr_data(data, batch, self.horizon))
+        return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, batch, self.horizon), sol.status, "lqr")
 
 
-class QPBackend(_Lowered):
+class QPBackend(_QuadraticLowered):
     """`solve qp`: the same data plus stage constraints G z <= h, E z = e, by the structured IPM."""
 
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
-        data = extract(self.parts, env, like)
         batch, horizon = x0.shape[0], self.horizon
+        data = self._extract(env, like, batch)
         has_eq = data.E.shape[1] > 0
         options = QPOptions(tol=self.info.options.get("tol"), max_iters=self.info.options["iters"])
         sol = qp(x0, **_lqr_data(data, batch, horizon),
@@ -175,7 +236,7 @@ class QPBackend(_Lowered):
                  e=_over_stages(data.e, batch, horizon) if has_eq else None, options=options)
         r = sol.residuals
         residual = torch.maximum(torch.maximum(r.primal, r.dual), r.complementarity)
-        return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, horizon), sol.status, "qp",
+        return Solution(sol.x, sol.u, sol.cost + _constant_cost(data, batch, horizon), sol.status, "qp",
                         iterations=sol.iterations, residual=residual)
 
 
@@ -198,25 +259,27 @@ class ILQRBackend(_Lowered):
         batch = x0.shape[0]
         opts = self.info.options
         options = ILQROptions(max_iters=opts["iters"], tol=max(opts["tol"], 100 * torch.finfo(like.dtype).eps),
-                              backward=ILQRBackward[str(opts["backward"]).upper()], newton=opts["model"] == "newton",
+                              cost_tol=opts["cost_tol"], backward=ILQRBackward[str(opts["backward"]).upper()],
+                              newton=opts["model"] == "newton",
                               constraints=ConstraintOptions(tol=opts["constraint_tol"]))
 
         lower, upper = self.control_bounds(env, like)
+        env = self.stage_values.with_tables(env, like)
         exact = self._exact(env, like) if self.parts.has_jets else ExactDerivatives()
         dynamics, stage_cost, final_cost = self.dynamics(env, like), self.stage_costs_of(env, like), \
             self.final_costs_of(env, like)
         inequality, equality = (self._constraint(sense, dynamics, env, like) for sense in (Cmp.LE, Cmp.EQ))
         problem = ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, exact, inequality=inequality,
                               equality=equality)
-        sol = ilqr(problem, x0, self.initial_controls(env, batch, like, warm), options)
-        return Solution(sol.x, sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations, residual=sol.residual,
-                        violation=sol.violation)
+        sol = ilqr(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm), options)
+        return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations,
+                        residual=sol.residual, violation=sol.violation)
 
     def _constraint(self, sense: Cmp, dynamics, env: Env, like: torch.Tensor):
         """The plan's `constraint` lines of one sense as one callable (x (B, n), u (B, m)) -> (B, p),
         <= 0 or == 0: rows placed at (x_t, u_t) read x and u; rows placed at x_{t+1} (states only)
         read the next state, f(x_t, u_t), so that they hold at x_1..x_T."""
-        parts = [(fn.bind(env, like), where) for fn, where in self._constraints[sense]]
+        parts = [(self._bind(fn, env, like), where) for fn, where in self._constraints[sense]]
         if not parts:
             return None
 
@@ -226,31 +289,45 @@ class ILQRBackend(_Lowered):
         return rows
 
     def _exact(self, env: Env, like) -> ExactDerivatives:
-        """Cost gradients and Hessians of all stages at once, from jets (the dynamics' are autodiff)."""
+        """Cost gradients and Hessians of all stages at once, from jets (the dynamics' are autodiff).
+        A clocked plan's derivatives get a zero row and column for the clock (after the states)."""
         layout, nz, n = self.layout, self.layout.n + self.layout.m, self.layout.n
+        clock = self._insert_clock if self.clocked else lambda L, H: (L, H)
 
         def flat_env(batch: int, steps: int) -> Env:
+            if self.clocked:
+                return self.stage_values.flat(env, like, batch)
             return {ref: v.repeat_interleave(steps, dim=0) if v.shape[0] == batch and batch > 1 else v
                     for ref, v in env.items()}
 
         def stage_jets(x, u):
             B, T = x.shape[:2]
+            x = x[..., :n]
             return {**flat_env(B, T), **layout.jets(x.reshape(B * T, -1), u.reshape(B * T, -1))}, (B, T)
 
         def stage_cost_derivatives(x, u):
             jets, (B, T) = stage_jets(x, u)
             _, L, H = self._cost_jet(self.stage_costs, jets, like, nz, B * T)
-            return L.reshape(B, T, nz), (2 * H).reshape(B, T, nz, nz)
+            L, H = clock(L, 2 * H)
+            return L.reshape(B, T, -1), H.reshape(B, T, L.shape[-1], L.shape[-1])
 
         def final_cost_derivatives(xT):
             B = xT.shape[0]
-            jets = {**flat_env(B, 1), **layout.jets(xT, None)}
+            jets = {**env, **layout.jets(xT[:, :n], None)}
             _, L, H = self._cost_jet(self.final_costs, jets, like, nz, B)
-            return L[:, :n], 2 * H[:, :n, :n]
+            return clock(L[:, :n], 2 * H[:, :n, :n])
 
         # The dynamics' Jacobian and curvature come from autodiff of the generated step (vmapped
         # over all stages): 2-3x faster than composing jets through the integrator.
         return ExactDerivatives(None, stage_cost_derivatives, final_cost_derivatives, None)
+
+    def _insert_clock(self, L: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient (R, N) and Hessian (R, N, N) with a zero entry for the clock inserted at n."""
+        n = self.layout.n
+        L = torch.cat((L[:, :n], L.new_zeros(L.shape[0], 1), L[:, n:]), 1)
+        H = torch.cat((H[:, :n], H.new_zeros(H.shape[0], 1, H.shape[2]), H[:, n:]), 1)
+        H = torch.cat((H[:, :, :n], H.new_zeros(H.shape[0], H.shape[1], 1), H[:, :, n:]), 2)
+        return L, H
 
     @staticmethod
     def _cost_jet(exprs, jets, like, nz: int, rows: int):

@@ -21,6 +21,10 @@ basis. A product of two decision-dependent values is taken only as a square (`v^
 `dot(v, v)`, `quad(v, M)` with M = L L' PSD), so a convex quadratic plan lowers to a DCP problem;
 anything else raises `Unrepresentable` naming the op and where it is. phi is the dynamics
 (`x' = e`), or one step of this module's own euler/rk4 for continuous dynamics (`dot(x) = e by ...`).
+
+Stage values (the index `t` and rows `ref[t]` of time-indexed data) are constant `Rows`: row r
+holds the value at the row's stage (t for stage terms, t+1 for terms placed at x_{t+1}). They
+multiply decision-dependent values elementwise, and elementwise builtins apply to them row by row.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from compiler.context import PlanInfo
-from compiler.ir import Expr, Op, Shape, VarRef
+from compiler.ir import STAGE, STAGE_INDEX, Expr, Op, Shape, VarRef
 from compiler.layout import Layout
 from compiler.problem import Placement, box_placement, placement
 from planlang.ast import Cmp, VarKind, When
@@ -159,8 +163,24 @@ def _scale(v: Rows, c: np.ndarray, shape: Shape) -> Rows:
     return Rows(cp.multiply(_tiled(c, shape, v.expr.shape[0]), v.expr), shape)
 
 
+def _constant(v: Value) -> bool:
+    """A stage value: constant rows (no decision variable in it)."""
+    return isinstance(v, Rows) and v.expr.is_constant()
+
+
+def _values(v: Rows) -> np.ndarray:
+    """The numbers of constant rows: (R, *shape)."""
+    return np.asarray(v.expr.value, dtype=np.float64).reshape((-1,) + v.shape)
+
+
+def _constant_rows(values: np.ndarray, shape: Shape) -> Rows:
+    return Rows(cp.Constant(values.reshape(values.shape[0], -1)), shape)
+
+
 def _mul(expr: Expr, args, env: Env) -> Value:
     a, b = args
+    if isinstance(a, Rows) and isinstance(b, Rows) and (_constant(a) or _constant(b)):
+        return Rows(cp.multiply(_broadcast(a, expr.shape).expr, _broadcast(b, expr.shape).expr), expr.shape)
     if isinstance(a, Rows) and isinstance(b, Rows):
         if not _same(*expr.args):
             raise _unrepresentable(expr, "a product of two different decision-dependent values")
@@ -174,6 +194,9 @@ def _mul(expr: Expr, args, env: Env) -> Value:
 
 def _div(expr: Expr, args, env: Env) -> Value:
     a, b = args
+    if _constant(b):
+        inverse = _constant_rows(1.0 / np.broadcast_to(_values(b), (_values(b).shape[0],) + expr.shape), expr.shape)
+        return _mul(expr, [a, inverse], env)
     if isinstance(b, Rows):
         raise _unrepresentable(expr, "a division by a decision-dependent value")
     if isinstance(a, Rows):
@@ -183,6 +206,10 @@ def _div(expr: Expr, args, env: Env) -> Value:
 
 def _pow(expr: Expr, args, env: Env) -> Value:
     base, exponent = args
+    if (_constant(base) or not isinstance(base, Rows)) and (_constant(exponent) or not isinstance(exponent, Rows)):
+        values = [_values(v) if isinstance(v, Rows) else v for v in (base, exponent)]
+        if any(isinstance(v, Rows) for v in (base, exponent)):
+            return _constant_rows(np.power(*_aligned(values, (base, exponent), expr.shape)), expr.shape)
     if isinstance(exponent, Rows):
         raise _unrepresentable(expr, "a decision-dependent exponent")
     if not isinstance(base, Rows):
@@ -202,6 +229,9 @@ def _neg(expr: Expr, args, env: Env) -> Value:
 
 def _matmul(expr: Expr, args, env: Env) -> Value:
     a, b = args
+    if _constant(a) or _constant(b):
+        raise _unrepresentable(expr, "a matrix product with a stage value (the reference takes time-varying "
+                                     "data elementwise)")
     if isinstance(a, Rows) and isinstance(b, Rows):
         raise _unrepresentable(expr, "a matrix product of two decision-dependent values")
     if isinstance(a, Rows):                          # (rows, *Sa) @ B: matmul broadcasts the basis axis
@@ -258,11 +288,29 @@ RULES: dict[Op, Callable[[Expr, list, Env], Value]] = {
 
 # ------------------------------------------------------------- builtin rules
 
+def _aligned(values: list, args: tuple, shape: Shape) -> list[np.ndarray]:
+    """Numbers (S) and rows (R, S) broadcast together to (R, *shape)."""
+    rows = next(v.shape[0] for v, a in zip(values, args) if isinstance(a, Rows))
+    return [np.broadcast_to(v if isinstance(a, Rows) else np.asarray(v)[None], (rows,) + shape)
+            if isinstance(a, Rows) or np.ndim(v) <= len(shape) else v for v, a in zip(values, args)]
+
+
+_ELEMENTWISE = {"sin", "cos", "tan", "exp", "log", "sqrt", "tanh", "sigmoid", "softplus", "abs", "relu", "clip",
+                "atan2", "wrap", "mod"}
+
+
 def _numeric(fn: Callable[..., np.ndarray]):
-    """A builtin defined on numeric values only (nonlinear in a decision variable: unrepresentable)."""
+    """A builtin defined on numeric values only (nonlinear in a decision variable: unrepresentable);
+    elementwise ones also apply row by row to stage values."""
     def rule(expr: Expr, args):
-        if any(isinstance(a, Rows) for a in args):
+        if any(isinstance(a, Rows) and not _constant(a) for a in args):
             raise _unrepresentable(expr, f"{expr.attr.name}() of a decision-dependent value")
+        if any(isinstance(a, Rows) for a in args):
+            if expr.attr.name not in _ELEMENTWISE:
+                raise _unrepresentable(expr, f"{expr.attr.name}() of a stage value")
+            values = [_values(a) if isinstance(a, Rows) else a for a in args]
+            return _constant_rows(np.asarray(fn(*_aligned(values, tuple(args), expr.shape)), dtype=np.float64),
+                                  expr.shape)
         return np.asarray(fn(*args), dtype=np.float64)
     return rule
 
@@ -334,7 +382,7 @@ FUNCTION_RULES: dict[str, Callable[[Expr, list], Value]] = {
     "min": _numeric(_minmax(np.min, np.minimum)), "max": _numeric(_minmax(np.max, np.maximum)),
     "clip": _numeric(lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi)),
     "atan2": _numeric(np.arctan2), "wrap": _numeric(lambda v: np.remainder(v + np.pi, 2 * np.pi) - np.pi),
-    "mod": _numeric(np.remainder),
+    "mod": _numeric(np.remainder), "transpose": _numeric(lambda v: np.swapaxes(v, -1, -2)),
     "sum": _sum, "dot": _dot, "quad": _quad, "diag": _diag, "cat": _cat,
 }
 
@@ -440,9 +488,9 @@ class ReferenceProblem:
                 continue
             numeric[var.ref] = np.broadcast_to(np.asarray(values[name], dtype=np.float64), var.shape).copy()
 
-        now = self._bind(numeric, self.X[:-1], self.U)               # x_t, u_t      (T rows)
-        after = self._bind(numeric, self.X[1:], None)                # x_{t+1}       (T rows)
-        final = self._bind(numeric, self.X[-1:], None)               # x_T           (1 row)
+        now = self._bind(numeric, self.X[:-1], self.U, self._stage_rows(info, numeric, 0))      # x_t, u_t
+        after = self._bind(numeric, self.X[1:], None, self._stage_rows(info, numeric, 1))      # x_{t+1}
+        final = self._bind(numeric, self.X[-1:], None, {})           # x_T           (1 row)
         nodes = sorted(graph.nodes(data=True), key=lambda item: item[0])
 
         objective = 0.0
@@ -475,8 +523,20 @@ class ReferenceProblem:
         if not self.problem.is_dcp():
             raise Unrepresentable("the cost is not convex in a form cvxpy can verify (not DCP)")
 
-    def _bind(self, numeric: dict[VarRef, np.ndarray], X: cp.Expression, U: cp.Expression | None) -> dict:
-        env: dict[VarRef, Value] = dict(numeric)
+    @staticmethod
+    def _stage_rows(info: PlanInfo, numeric: dict[VarRef, np.ndarray], shift: int) -> dict[VarRef, Rows]:
+        """Stage values as constant rows t + shift, t = 0..T-1: the index t and the rows of every
+        time-indexed variable long enough (T + shift rows)."""
+        T = info.horizon
+        out = {VarRef(STAGE, STAGE_INDEX): _constant_rows(np.arange(shift, T + shift, dtype=np.float64), ())}
+        for var in info.variables.values():
+            if var.ref in numeric and var.shape and var.shape[0] >= T + shift:
+                out[VarRef(STAGE, var.ref.name)] = _constant_rows(numeric[var.ref][shift:T + shift], var.shape[1:])
+        return out
+
+    def _bind(self, numeric: dict[VarRef, np.ndarray], X: cp.Expression, U: cp.Expression | None,
+              stage: dict[VarRef, Rows]) -> dict:
+        env: dict[VarRef, Value] = {**numeric, **stage}
         n = self.layout.n
         for ref, s in self.layout.offsets().items():
             shape = next(v.shape for v in self.layout.states + self.layout.controls if v.ref == ref)

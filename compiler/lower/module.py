@@ -195,8 +195,12 @@ class PlanModule(nn.Module):
                 raise ValueError(f"{self.plan_name}: empty batch: '{name}' has batch size 0")
             return value
         want = f"({', '.join(map(str, shape))})" if shape else "a scalar"
+        rows = ""
+        if var.per_stage:
+            which = "T" if shape[0] == self.horizon else "T+1"
+            rows = f": time-indexed, its leading dimension is {which} = {shape[0]} (horizon T = {self.horizon})"
         raise ValueError(f"{self.plan_name}: '{name}' has shape {tuple(value.shape)}; expected {want} "
-                         f"or (B, {', '.join(map(str, shape))})".replace("(B, )", "(B,)"))
+                         f"or (B, {', '.join(map(str, shape))})".replace("(B, )", "(B,)") + rows)
 
     # ------------------------------------------------------------------ solving
     def forward(self, warm_start: torch.Tensor | None = None, **values) -> Solution:
@@ -214,14 +218,16 @@ class PlanModule(nn.Module):
             warm_start = self._warm_start(warm_start, x0.shape[0], like)
         return self._solve(env, x0, like, warm_start)
 
-    def solve_with(self, values: dict, learned: dict[str, torch.Tensor] | None = None) -> Solution:
+    def solve_with(self, values: dict, learned: dict[str, torch.Tensor] | None = None,
+                   warm_start: torch.Tensor | None = None) -> Solution:
         """Solve with `values` bound by name (as `forward`) and learnables given by their constrained
         VALUE (B or 1 leading) instead of the module's parameters: for gradient checks that perturb
-        a learnable's value directly."""
+        a learnable's value directly. `warm_start` as in `forward`."""
         env, x0, like = self.bind(values)
         for name, value in (learned or {}).items():
             env[self._learnable(name).ref] = value.to(like)
-        return self._solve(env, x0, like, None)
+        warm = None if warm_start is None else self._warm_start(warm_start, x0.shape[0], like)
+        return self._solve(env, x0, like, warm)
 
     def _solve(self, env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution:
         """The backend's solve, with failures as statuses (module docstring)."""
@@ -287,7 +293,8 @@ class PlanModule(nn.Module):
         env, _, like = self.bind(values, initial_states=False, like=torch.zeros((), dtype=x.dtype, device=x.device))
         B, T = u.shape[:2]
         rows = {ref: v.repeat_interleave(T, dim=0) if v.shape[0] == B > 1 else v for ref, v in env.items()}
-        stages = self.backend.stage_cost(rows, x[:, :-1].reshape(B * T, -1), u.reshape(B * T, -1), like)
+        states = self.backend.with_clock(x[:, :-1])                # stage t's data at row t (compiler.lower.stages)
+        stages = self.backend.stage_cost(rows, states.reshape(B * T, -1), u.reshape(B * T, -1), like)
         return stages.reshape(B, T).sum(1) + self.backend.final_cost(env, x[:, -1], like)
 
     def simulate(self, steps: int, system: "PlanModule | None" = None, **values) -> Solution:

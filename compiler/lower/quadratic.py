@@ -2,8 +2,11 @@
 
 With states and controls bound to exact linear forms in z = [x; u] (see `compiler.quadform`),
 each cost evaluates to k + c'z + 1/2 z'Cz, the transition (dynamics, integrated if continuous)
-to f + F z, and each affine constraint to g + G z (<= 0 or == 0). Costs, dynamics and constraints are the same at every
-stage, so the data is time-invariant and expanded over the horizon by the caller.
+to f + F z, and each affine constraint to g + G z (<= 0 or == 0). Without stage values (`t`,
+`ref[t]`) costs, dynamics and constraints are the same at every stage: the data is time-invariant
+(batch b of 1 or B) and expanded over the horizon by the caller. With them, the stage parts are
+evaluated on all stages at once (`compiler.lower.stages.StageValues.flat`): their batch is 1 or
+B*T (row b*T + t), reshaped to (B, T, ...) by the caller.
 
 Where each constraint holds in time is `compiler.problem.placement`: rows placed at x_{t+1} are
 imposed through x_{t+1} = F z_t + f, i.e. as the stage constraint (G_x F) z_t <= -(g + G_x f).
@@ -38,14 +41,19 @@ class QuadraticData:
     e: torch.Tensor            # (B, q)
 
 
-def extract(parts: TrajectoryProblem, env: Env, like: torch.Tensor) -> QuadraticData:
-    """Evaluate every dynamics, cost and constraint of the plan on symbolic states and controls."""
+def extract(parts: TrajectoryProblem, env: Env, like: torch.Tensor,
+            stages: tuple[Env, Env] | None = None) -> QuadraticData:
+    """Evaluate every dynamics, cost and constraint of the plan on symbolic states and controls.
+    `stages`: the values bound at (x_t, u_t) and at x_{t+1} for all stages at once (flattened), for
+    a plan that reads stage values; the final cost always reads `env`."""
     layout = parts.layout
     n, nz = layout.n, layout.n + layout.m
-    env = {**env, **layout.symbolic(like)}
+    symbolic = layout.symbolic(like)
+    final_env = {**env, **symbolic}
+    env, after = (final_env, final_env) if stages is None else ({**stages[0], **symbolic}, {**stages[1], **symbolic})
 
     k0, L0, H0 = qf.coefficients(sum_costs(parts.stage_costs, env, like), nz)
-    kT, LT, HT = qf.coefficients(sum_costs(parts.final_costs, env, like), nz)
+    kT, LT, HT = qf.coefficients(sum_costs(parts.final_costs, final_env, like), nz)
 
     next_states = parts.transition(env, like)
     F_rows, f_rows = [], []
@@ -57,11 +65,11 @@ def extract(parts: TrajectoryProblem, env: Env, like: torch.Tensor) -> Quadratic
 
     ineq, eq = [], []
     for ir, sense, where in parts.constraints:
-        rows = _affine_rows(evaluate(ir, env, like), nz)
+        rows = _affine_rows(evaluate(ir, after if where is Placement.NEXT else env, like), nz)
         (eq if sense is Cmp.EQ else ineq).append((rows, where))
     for var in layout.states + layout.controls:
         if var.lower is not None:
-            value = env[var.ref] if var.shape else qf.unsqueeze(env[var.ref], 0)
+            value = symbolic[var.ref] if var.shape else qf.unsqueeze(symbolic[var.ref], 0)
             lo, hi = (qf.pad_rank(evaluate(b, env, like), 1).expand(-1, var.size) for b in (var.lower, var.upper))
             for rows in (_affine_rows(qf.sub(lo, value), nz), _affine_rows(qf.sub(value, hi), nz)):
                 ineq.append((rows, box_placement(var)))

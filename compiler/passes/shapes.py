@@ -30,7 +30,7 @@ from compiler.envs import env_spec
 from compiler.train_block import train_settings
 from compiler.evaluate import evaluate
 from compiler.functions import FUNCTIONS, ShapeError, broadcast, format_shape
-from compiler.ir import Expr, Op, Shape, VarRef
+from compiler.ir import STAGE, STAGE_INDEX, Expr, Op, Shape, VarRef
 from compiler.options import ConstLookup
 from compiler.passes import PassResult, annotate
 from planlang import ast
@@ -96,6 +96,7 @@ def run(graph: nx.DiGraph) -> PassResult:
     if continual:
         info.continual = continual_methods(continual, info.blocks, constant_lookup(info), errors)
     typer.lets = {d["name"]: d["decl"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.LET}
+    typer.step = _time_step(graph, typer)
     if "train" in graph:
         info.train = train_settings(graph.nodes["train"]["decl"], constant_lookup(info), errors)
     if "env" in graph:
@@ -120,6 +121,7 @@ def run(graph: nx.DiGraph) -> PassResult:
                 modified |= annotate(graph, node, "ir", typer.energy(decl, "agents" in graph), _fp)
             elif data["kind"] is NodeKind.CONSTRAINT:
                 ir, sense = typer.constraint(decl)
+                _check_state_constraint_data(ir, info)
                 modified |= annotate(graph, node, "ir", ir, _fp)
                 modified |= annotate(graph, node, "sense", sense)
         except Located as err:
@@ -204,11 +206,50 @@ def _scoped(typer: "Typer", scope: PlanInfo) -> "Typer":
 
 
 def _check_final_cost(decl: ast.CostDecl, ir: Expr) -> None:
-    """`cost final` sees states only (through `let` definitions too)."""
+    """`cost final` sees states only (through `let` definitions too), at t = T: no stage index."""
     controls = sorted(r.name for r in ir.variables() if r.kind is ast.VarKind.CONTROL)
     if decl.when is ast.When.FINAL and controls:
         raise Located(decl.expr.span, f"cost final sees states only, but this uses control '{controls[0]}' "
                                       "(through a `let`)", "move this term to a `cost stage` line")
+    stage = ir.first_stage_value()
+    if decl.when is ast.When.FINAL and stage is not None:
+        raise Located(stage.span, "cost final holds at x_T, after the last stage: it has no stage index t",
+                      "use the last row explicitly: ref[T] for data declared [T+1, ...] (ref[T-1] for [T, ...])")
+
+
+def _no_stage_values(typed: Expr, what: str) -> Expr:
+    """Defaults, bounds and guesses are not stage expressions: they cannot read t."""
+    stage = typed.first_stage_value()
+    if stage is not None:
+        raise Located(stage.span, f"{what} cannot read the stage index t (only dynamics, `cost stage` and "
+                                  "constraint lines are evaluated per stage)",
+                      "write a constraint line for a time-varying bound, e.g. `constraint u <= umax[t]`")
+    return typed
+
+
+def _check_state_constraint_data(ir: Expr, info: PlanInfo) -> None:
+    """A constraint on states only holds at x_1..x_T, so its t runs 1..T: its data needs T+1 rows."""
+    if any(r.kind is ast.VarKind.CONTROL for r in ir.variables()):
+        return
+    for e in ir.walk():
+        if e.op is Op.VAR and e.attr.kind is STAGE and e.attr.name != STAGE_INDEX:
+            rows = info.variables[e.attr.name].shape[0]
+            if rows != info.horizon + 1:
+                raise Located(e.span, f"a constraint on states only holds at x_1..x_T (t = 1..T), but "
+                                      f"'{e.attr.name}' has {rows} rows", f"declare it [T+1, ...] (row t is x_t's)")
+
+
+def _time_step(graph: nx.DiGraph, typer: "Typer") -> float | None:
+    """The step of `time` = t * dt: the integrator's step of continuous dynamics, else `const dt`."""
+    for _, data in sorted(graph.nodes(data=True), key=lambda item: item[0]):
+        if data["kind"] is NodeKind.DYNAMICS and data["decl"].method is not None:
+            try:
+                method = typer.integrator(data["decl"])
+            except Located:
+                return None            # reported where the dynamics are typed
+            return None if method is None else method[1]
+    dt = typer.info.consts.get("dt")
+    return float(dt) if dt is not None and dt.numel() == 1 else None
 
 
 def _fp(expr) -> str:
@@ -320,6 +361,7 @@ class Typer:
         self.info = info
         self.lets: dict[str, ast.LetDecl] = {}      # `let` declarations, typed on first use
         self.other = False                           # `other.x` allowed (inside `energy pair`)
+        self.step: float | None = None              # dt of `time` = t * dt (see `_time_step`)
 
     def let(self, name: str) -> Expr:
         """The typed expression of `let name = ...` (memoized; cycles were rejected by resolve)."""
@@ -332,7 +374,7 @@ class Typer:
         var = self.info.variables.get(decl.target)
         if var is None or var.ref.kind is not ast.VarKind.CONTROL:
             raise Located(decl.target_span, f"`guess` sets the initial value of a control; '{decl.target}' is not one")
-        typed = self.expr(decl.expr)
+        typed = _no_stage_values(self.expr(decl.expr), "a guess")
         if any(r.is_decision for r in typed.variables()):
             raise Located(decl.expr.span, "a guess cannot depend on states or controls",
                           "use numbers, consts, params and inputs")
@@ -359,8 +401,12 @@ class Typer:
         else:
             const = self.info.consts.get(size.value)
             value = None if const is None else _whole(const)
+            if const is None and size.value == "T" and self.info.grid is None:
+                value = self.info.horizon                       # the horizon: time-indexed data
             if value is None:
-                raise Located(size.span, f"size '{size.value}' must be an integer const")
+                raise Located(size.span, f"size '{size.value}' must be an integer const",
+                              "or T, the horizon (`input ref[T, 2]`, `[T+1, n]` for data per state)")
+            value += size.offset
         if value < 1:
             raise Located(size.span, "sizes must be positive")
         if value > MAX_ELEMENTS:
@@ -383,9 +429,11 @@ class Typer:
                            "params and inputs are given by the caller")
         if decl.kind is ast.VarKind.PARAM and decl.init is None:
             raise Located(decl.span, f"param '{decl.name}' needs a value", f"write `param {decl.name} = ...`")
-        var = VarInfo(ref, node, shape, positive=decl.positive, psd=decl.psd)
+        per_stage = bool(decl.shape) and decl.shape[0].value == "T" and "T" not in self.info.consts
+        var = VarInfo(ref, node, shape, positive=decl.positive, psd=decl.psd, per_stage=per_stage)
         if decl.init is not None:
-            var.default = self._fitting(self.expr(decl.init), shape, decl.init.span, "default")
+            var.default = self._fitting(_no_stage_values(self.expr(decl.init), "a default"), shape,
+                                        decl.init.span, "default")
             value = var.default.attr.broadcast_to(shape)
             if decl.positive and not bool((value > 0).all()):
                 raise Located(decl.init.span, "a `positive` learnable needs a positive initial value")
@@ -394,8 +442,10 @@ class Typer:
         if decl.bounds is not None:
             if decl.kind not in (ast.VarKind.STATE, ast.VarKind.CONTROL):
                 raise Located(decl.span, "`in [lo, hi]` bounds apply to states and controls")
-            var.lower = self._fitting(self.expr(decl.bounds[0]), shape, decl.bounds[0].span, "lower bound")
-            var.upper = self._fitting(self.expr(decl.bounds[1]), shape, decl.bounds[1].span, "upper bound")
+            var.lower = self._fitting(_no_stage_values(self.expr(decl.bounds[0]), "a bound"), shape,
+                                      decl.bounds[0].span, "lower bound")
+            var.upper = self._fitting(_no_stage_values(self.expr(decl.bounds[1]), "a bound"), shape,
+                                      decl.bounds[1].span, "upper bound")
         return var
 
     def _fitting(self, typed: Expr, shape: Shape, span, what: str) -> Expr:
@@ -550,8 +600,26 @@ class Typer:
         if var is None and e.id == "other":
             raise Located(e.span, "`other` is the other agent of `energy pair`: read its values as `other.x`")
         if var is None:
-            raise Located(e.span, f"'{e.id}' is not available here")
+            return self._builtin_name(e)
         return Expr(Op.VAR, (), var.shape, e.span, var.ref)
+
+    def _declared(self, name: str) -> bool:
+        return name in self.lets or name in self.info.consts or name in self.info.variables
+
+    def _builtin_name(self, e: ast.Name) -> Expr:
+        """`T` (the horizon), `t` (the stage index) and `time` (t * dt), unless declared."""
+        if e.id == "T" and self.info.grid is None:
+            return Expr(Op.CONST, (), (), e.span, torch.tensor(float(self.info.horizon), dtype=torch.float64))
+        t = Expr(Op.VAR, (), (), e.span, VarRef(STAGE, STAGE_INDEX))
+        if e.id == STAGE_INDEX:
+            return t
+        if e.id == "time":
+            if self.step is None:
+                raise Located(e.span, "`time` is t * dt, but the plan has no step dt",
+                              "declare `const dt = ...` (or integrate the dynamics `by rk4(dt)`), or use t")
+            dt = Expr(Op.CONST, (), (), e.span, torch.tensor(self.step, dtype=torch.float64))
+            return Expr(Op.MUL, (t, dt), (), e.span)
+        raise Located(e.span, f"'{e.id}' is not available here")
 
     def _broadcast(self, span, *shapes: Shape) -> Shape:
         try:
@@ -568,16 +636,22 @@ class Typer:
             raise Located(e.span, f"{e.func}() takes {want} argument(s), got {len(e.args)}")
         args = [self.expr(a) for a in e.args]
         if fn.fold is not None:
+            reals = []
+            for arg, src in zip(args[:fn.fold_reals], e.args):
+                if arg.op is not Op.CONST or arg.shape != ():
+                    raise Located(src.span, f"{e.func}() takes a constant number here")
+                reals.append(float(arg.attr))
             sizes = []
-            for arg, src in zip(args, e.args):
+            for arg, src in zip(args[fn.fold_reals:], e.args[fn.fold_reals:]):
                 size = _whole(arg.attr) if arg.op is Op.CONST else None
                 if size is None or size < 1:
-                    raise Located(src.span, f"{e.func}() takes positive integer constants")
+                    raise Located(src.span, f"{e.func}() takes positive integer constants" +
+                                  (" for its count" if fn.fold_reals else ""))
                 sizes.append(size)
             count = math.prod(sizes) * (sizes[0] if e.func == "eye" else 1)
             if count > MAX_ELEMENTS:
                 raise Located(e.span, f"{e.func}() would make more elements than the limit {MAX_ELEMENTS:.0e}")
-            value = fn.fold(*sizes)
+            value = fn.fold(*reals, *sizes)
             return Expr(Op.CONST, (), tuple(value.shape), e.span, value)
         try:
             shape = fn.shape([a.shape for a in args], [])
@@ -586,11 +660,32 @@ class Typer:
         return Expr(Op.CALL, tuple(args), shape, e.span, fn)
 
     def _index(self, e: ast.Index) -> Expr:
-        base = self.expr(e.base)
-        if len(e.indices) > len(base.shape):
-            raise Located(e.span, f"too many indices: {len(e.indices)} for shape {format_shape(base.shape)}")
+        first = e.indices[0]
+        if isinstance(first, ast.Name) and first.id == STAGE_INDEX and not self._declared(STAGE_INDEX):
+            row = self._stage_row(e)
+            return row if len(e.indices) == 1 else self._indexed(row, e.indices[1:], e.span)
+        return self._indexed(self.expr(e.base), e.indices, e.span)
+
+    def _stage_row(self, e: ast.Index) -> Expr:
+        """`name[t]`: row t of time-indexed data (an input, param or learnable with T or T+1 rows)."""
+        name = e.base.id if isinstance(e.base, ast.Name) and not (e.base.id in self.lets or
+                                                                   e.base.id in self.info.consts) else None
+        var = self.info.variables.get(name) if name else None
+        if var is None or var.ref.is_decision:
+            raise Located(e.base.span, "`[t]` reads the row of time-indexed data: an input, param or learnable "
+                                       "declared with a leading T (or T+1)", "e.g. `input ref[T, 2]` and `ref[t]`")
+        T = self.info.horizon
+        if not var.shape or var.shape[0] not in (T, T + 1):
+            raise Located(e.span, f"'{name}' has shape {format_shape(var.shape)}; indexing it by t needs a leading "
+                                  f"dimension T = {T} (or T+1 = {T + 1})", f"declare it e.g. `{var.ref.kind.value} "
+                                                                          f"{name}[T, ...]`")
+        return Expr(Op.VAR, (), var.shape[1:], e.span, VarRef(STAGE, name))
+
+    def _indexed(self, base: Expr, indices, span) -> Expr:
+        if len(indices) > len(base.shape):
+            raise Located(span, f"too many indices: {len(indices)} for shape {format_shape(base.shape)}")
         index, shape = [], []
-        for axis, item in enumerate(e.indices):
+        for axis, item in enumerate(indices):
             size = base.shape[axis]
             if isinstance(item, ast.Slice):
                 start = self._int(item.start, 0, size)
@@ -603,16 +698,27 @@ class Typer:
                 i = self._int(item, None, size)
                 if not 0 <= i < size:
                     raise Located(item.span, f"index {i} is out of range for size {size}",
-                                   f"valid indices are 0..{size - 1}")
+                                   self._rows_hint(base, axis, size) or f"valid indices are 0..{size - 1}")
                 index.append(i)
-        shape += base.shape[len(e.indices):]
-        return Expr(Op.INDEX, (base,), tuple(shape), e.span, tuple(index))
+        shape += base.shape[len(indices):]
+        return Expr(Op.INDEX, (base,), tuple(shape), span, tuple(index))
+
+    def _rows_hint(self, base: Expr, axis: int, size: int) -> str:
+        """For the time axis of time-indexed data: which rows exist."""
+        var = self.info.variables.get(base.attr.name) if base.op is Op.VAR and axis == 0 else None
+        if var is None or not var.per_stage:
+            return ""
+        last = "T-1" if size == self.info.horizon else "T"
+        return f"'{var.ref.name}' has rows 0..{size - 1} (0..{last}, horizon T = {self.info.horizon})"
 
     def _int(self, e, default, size: int) -> int:
         if e is None:
             return default
         value = self.expr(e)
         i = _whole(value.attr) if value.op is Op.CONST else None
+        if i is None and value.first_stage_value() is not None:
+            raise Located(e.span, "the stage index t indexes the first axis of time-indexed data, by itself",
+                          "write ref[t] (or ref[t, 0]); for the next row declare another input")
         if i is None:
             raise Located(e.span, "indices must be integer constants")
         return i + size if i < 0 else i

@@ -19,6 +19,7 @@ from compiler.convexity import nonconvex_term
 from compiler.defaults import default_value
 from compiler.ir import Expr
 from compiler.layout import Layout
+from compiler.lower.stages import StageValues
 from compiler.options import Schema
 from planlang.ast import VarKind, When
 from planlang.graph import NodeKind
@@ -145,6 +146,8 @@ def _convexity_problems(graph: nx.DiGraph, info: PlanInfo) -> list[Problem]:
             env[var.ref] = (torch.zeros(var.shape, dtype=torch.float64) if value is None else value).unsqueeze(0)
     for callee in info.blocks.values():        # blocks of constants: their value at initialization
         env[callee.ref] = callee.build().to(torch.float64)
+    costs = [d["ir"] for _, d in graph.nodes(data=True) if d["kind"] is NodeKind.COST]
+    env = StageValues(info, costs).flat(env, like, 1)          # every stage's values (`t`, `ref[t]`)
     nz = layout.n + layout.m
     out = []
     for _, data in graph.nodes(data=True):

@@ -24,10 +24,11 @@ class DescentBackend(_Lowered):
         options = DescentOptions(iters=o["iters"], lr=o["lr"], method=DescentMethod(o["method"]), tol=o["tol"],
                                  backward=Backward.parse(backward.name, **backward.args))
         lower, upper = self.control_bounds(env, like)
+        env = self.stage_values.with_tables(env, like)
         problem = DescentProblem(lambda x, u: self.step(env, x, u, like), lambda x, u: self.stage_cost(env, x, u, like),
                                  lambda x: self.final_cost(env, x, like), lower, upper)
-        sol = descent(problem, x0, self.initial_controls(env, x0.shape[0], like, warm), options)
-        return Solution(sol.x, sol.u, sol.cost, sol.status, "descent", iterations=sol.iterations,
+        sol = descent(problem, self.with_clock(x0), self.initial_controls(env, x0.shape[0], like, warm), options)
+        return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, "descent", iterations=sol.iterations,
                         residual=sol.residual)
 
 

@@ -13,11 +13,13 @@ class ILQR(Solver):
         backward=Option(Symbol(("implicit", "unroll")), "implicit", "gradient mode"),
         model=Option(Symbol(("gauss_newton", "newton")), "gauss_newton",
                      "stage model: Gauss-Newton, or Newton with the dynamics curvature"),
-        constraint_tol=Option(Number(minimum=0), None, "tolerance on the constraint violation (default sqrt(eps))"))
+        constraint_tol=Option(Number(minimum=0), None, "tolerance on the constraint violation (default sqrt(eps))"),
+        cost_tol=Option(Number(minimum=0), None, "relative predicted cost decrease that also stops a solve "
+                                                 "(default eps^(3/4); 0 switches it off)"))
     constraints = ConstraintSupport.NONLINEAR
 
     def backend(self, graph, info, layout):
         return ILQRBackend(graph, info, layout)
 
     def check_options(self, options):
-        return {"tol": 1e-12, "iters": max(2 * int(options["iters"]), 200)}
+        return {"tol": 1e-12, "cost_tol": 0.0, "iters": max(2 * int(options["iters"]), 200)}

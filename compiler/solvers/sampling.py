@@ -31,11 +31,13 @@ class SamplingBackend(_Lowered):
 
     def __call__(self, env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
         batch = x0.shape[0]
+        env = self.stage_values.with_tables(env, like)
         problem = self._problem(env, like, batch)
         generator = torch.Generator(device=x0.device).manual_seed(int(self.info.options["seed"]))
-        sol = self.planner(problem, x0, self.initial_controls(env, batch, like, warm), self.options(self.info.options),
-                           generator)
-        return Solution(sol.x, sol.u, sol.cost, sol.status, self.info.solver, iterations=sol.iterations)
+        sol = self.planner(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm),
+                           self.options(self.info.options), generator)
+        return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, self.info.solver,
+                        iterations=sol.iterations)
 
     def _problem(self, env, like: torch.Tensor, batch: int) -> SamplingProblem:
         """One problem per batch size, dtype, device and limits, rebound to this call's values: with
