@@ -335,4 +335,6 @@ def _summed(exprs: tuple[Expr, ...], env: dict, like: Tensor, lead: tuple[int, .
     return total
 
 
-_ILQR_OPTIONS = {"iters": 50, "tol": 1e-6, "backward": "implicit", "model": "gauss_newton", "constraint_tol": 1e-6}
+# each agent's own plan: solve ilqr's defaults (cost_tol None: its eps^(3/4) default)
+_ILQR_OPTIONS = {"iters": 50, "tol": 1e-6, "cost_tol": None, "backward": "implicit", "model": "gauss_newton",
+                 "constraint_tol": 1e-6}
