@@ -1,6 +1,8 @@
 """The public API: load, loads, compile, check."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from planlang import ast
@@ -8,9 +10,11 @@ from planlang.errors import Diagnostic, PlanError, did_you_mean
 from planlang.plan import Plan, load, loads
 
 
-def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None = None,
+def compile(plan: Plan | str | os.PathLike, dtype: torch.dtype = torch.float32, options: dict | None = None,
             solver: str | None = None, allow_imports: bool = False, weights=None):
     """Check `plan` and lower it to a differentiable `torch.nn.Module` (`PlanModule`).
+
+    `plan` is a loaded `Plan` (`planlang.load`, `planlang.loads`) or the path of a `.plan` file.
 
     `dtype` is the dtype of the learnables (and of a solve given no floating-point tensors); the
     plan's literal values stay float64 and are cast to the dtype of each solve's inputs, so a
@@ -30,6 +34,10 @@ def compile(plan: Plan, dtype: torch.dtype = torch.float32, options: dict | None
     from compiler.pipeline import run_passes
     from compiler.solvers import SOLVERS
 
+    if isinstance(plan, (str, os.PathLike)):
+        plan = load(plan)
+    elif not isinstance(plan, Plan):
+        raise TypeError(f"compile takes a Plan or the path of a .plan file, not {type(plan).__name__}")
     graph = plan.graph
     if solver is not None:
         if solver not in SOLVERS:

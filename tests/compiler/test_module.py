@@ -258,3 +258,14 @@ def test_runs_on_the_device_of_its_inputs():
     assert sol.x.device.type == sol.u.device.type == sol.cost.device.type == "cuda"
     torch.testing.assert_close(sol.x.cpu(), cpu.x)
     torch.testing.assert_close(sol.cost.cpu(), cpu.cost)
+
+
+def test_compile_takes_a_plan_file_path():
+    path = ROOT / "examples" / "double_integrator.plan"
+    by_path, by_str = planlang.compile(path, dtype=torch.float64), planlang.compile(str(path), dtype=torch.float64)
+    loaded = planlang.compile(planlang.load(path), dtype=torch.float64)
+    assert torch.equal(by_path().u, loaded().u) and torch.equal(by_str().u, loaded().u)
+    with pytest.raises(TypeError, match="a Plan or the path of a .plan file"):
+        planlang.compile(3)
+    with pytest.raises(FileNotFoundError):
+        planlang.compile(ROOT / "examples" / "no_such.plan")
