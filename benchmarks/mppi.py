@@ -13,8 +13,9 @@
    on the cart-pole of examples/cartpole.plan (RK4, dt 0.05), against pytorch_mppi's
    `MPPI_Batched` (its one-call batched variant).
 
-The planlang side is built by `planlang_controller`, which today uses runtime/sampling.py with
-the dynamics written by hand below.
+The planlang side of the pendulum table is examples/pendulum_mppi.plan compiled and driven by
+`PlanModule.controller` (`planlang_controller`); the throughput table uses runtime/sampling.py
+with the cart-pole dynamics written by hand below.
 
 Anchor: pytorch_mppi (github UM-ARM-Lab/pytorch_mppi) and its pure-Python dependencies must be
 importable (see benchmarks/README.md). Run from the repository root:
@@ -92,20 +93,17 @@ PLAN = Path(__file__).resolve().parents[1] / "examples" / "pendulum_mppi.plan"
 def planlang_controller(solver: str, options, horizon: int, seed: int, dtype: torch.dtype,
                         fuse: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """obs -> torque by the compiled examples/pendulum_mppi.plan solved by `solver` ("mppi" or
-    "cem"), receding horizon, warm-started with the previous plan shifted by one step."""
+    "cem"), receding horizon through the module's controller (values bound once, warm-started
+    with its previous plan shifted by one step, the last control repeated)."""
     settings = {**dataclasses.asdict(options), "seed": seed, "fuse": "on" if fuse else "off"}
     module = planlang.compile(planlang.load(PLAN), dtype=dtype, solver=solver, options=settings)
     if module.horizon != horizon:
         raise SystemExit(f"{PLAN.name} has horizon {module.horizon}; run with --horizon {module.horizon}")
-    plan = torch.zeros(1, horizon, 1, dtype=dtype)
+    controller = module.controller()
 
     def control(obs: torch.Tensor) -> torch.Tensor:
-        nonlocal plan
-        th, thdot = observation_state(obs)
         with torch.no_grad():
-            solution = module(th=th, thdot=thdot, warm_start=plan)
-            plan = torch.cat((solution.u[:, 1:], torch.zeros_like(solution.u[:, :1])), 1)
-        return solution.u[0, 0]
+            return controller(observation_state(obs).unsqueeze(0)).u[0, 0]
     return control
 
 
