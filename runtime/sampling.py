@@ -50,7 +50,9 @@ when autograd is disabled (closed-loop control); the first solve pays the compil
 seconds), later ones run several times faster than eager. With autograd enabled the eager code
 always runs. torch.compile keeps a limited number of variants per function (torch._dynamo's
 recompile_limit, 8 by default) and falls back to eager beyond it, so reuse one problem rather
-than building a new one per solve.
+than building a new one per solve. For closed-loop control, `SamplingPlanner` prepares a solve
+once (limits, noise std, optionally the noise itself) so that each call is the compiled kernel
+and little else.
 
 Gradients (with respect to x0, u_init, the limits, and any parameters the callables close
 over; taken when autograd is enabled, at the cost of keeping the graph of every iteration):
@@ -68,6 +70,7 @@ over; taken when autograd is enabled, at the cost of keeping the graph of every 
   smooth map (undefined only where an elite set changes, a set of measure zero). With
   lam = inf the plan does not depend on the costs and its gradient with respect to them is 0.
 """
+import types
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, NamedTuple, Optional, Sequence, Union
@@ -105,10 +108,16 @@ class SamplingProblem:
 
     def _compiled(self, iterations: Callable) -> Callable:
         """`iterations` (this module's `_mppi` or `_cem`) bound to this problem and compiled by
-        torch.compile; cached on the problem."""
+        torch.compile; cached on the problem. torch._dynamo keeps its compiled variants on the
+        code object it compiles, at most recompile_limit (8) of them, and runs eager beyond:
+        each problem is another program, so it compiles its own copy of the function's code (a
+        function, not a partial, whose wrapper code all partials would share), and many
+        problems in one process (plans, seeds) do not fall back to eager."""
         cache = self.__dict__.setdefault("_fused", {})   # frozen: fields stay read-only
         if iterations not in cache:
-            cache[iterations] = torch.compile(partial(iterations, self), dynamic=False)
+            own = types.FunctionType(iterations.__code__.replace(), iterations.__globals__, iterations.__name__,
+                                     iterations.__defaults__, iterations.__closure__)
+            cache[iterations] = partial(torch.compile(own, dynamic=False), self)
         return cache[iterations]
 
 
