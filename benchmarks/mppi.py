@@ -13,8 +13,9 @@
    on the cart-pole of examples/cartpole.plan (RK4, dt 0.05), against pytorch_mppi's
    `MPPI_Batched` (its one-call batched variant).
 
-The planlang side is built by `planlang_controller`, which today uses runtime/sampling.py with
-the dynamics written by hand below.
+The planlang side of the pendulum table is examples/pendulum_mppi.plan compiled and driven by
+`PlanModule.controller` (`planlang_controller`); the throughput table uses runtime/sampling.py
+with the cart-pole dynamics written by hand below.
 
 Anchor: pytorch_mppi (github UM-ARM-Lab/pytorch_mppi) and its pure-Python dependencies must be
 importable (see benchmarks/README.md). Run from the repository root:
@@ -92,20 +93,17 @@ PLAN = Path(__file__).resolve().parents[1] / "examples" / "pendulum_mppi.plan"
 def planlang_controller(solver: str, options, horizon: int, seed: int, dtype: torch.dtype,
                         fuse: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """obs -> torque by the compiled examples/pendulum_mppi.plan solved by `solver` ("mppi" or
-    "cem"), receding horizon, warm-started with the previous plan shifted by one step."""
+    "cem"), receding horizon through the module's controller (values bound once, warm-started
+    with its previous plan shifted by one step, the last control repeated)."""
     settings = {**dataclasses.asdict(options), "seed": seed, "fuse": "on" if fuse else "off"}
     module = planlang.compile(planlang.load(PLAN), dtype=dtype, solver=solver, options=settings)
     if module.horizon != horizon:
         raise SystemExit(f"{PLAN.name} has horizon {module.horizon}; run with --horizon {module.horizon}")
-    plan = torch.zeros(1, horizon, 1, dtype=dtype)
+    controller = module.controller()
 
     def control(obs: torch.Tensor) -> torch.Tensor:
-        nonlocal plan
-        th, thdot = observation_state(obs)
         with torch.no_grad():
-            solution = module(th=th, thdot=thdot, warm_start=plan)
-            plan = torch.cat((solution.u[:, 1:], torch.zeros_like(solution.u[:, :1])), 1)
-        return solution.u[0, 0]
+            return controller(observation_state(obs).unsqueeze(0)).u[0, 0]
     return control
 
 
@@ -126,13 +124,13 @@ def anchor_controller(MPPI, samples: int, horizon: int, lambda_: float, covarian
 
 
 def timed(control):
-    """The controller, and a list that receives the wall time of each call."""
+    """The controller, and a list that receives (wall s, thread CPU s) of each call."""
     times = []
 
     def wrapped(obs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         action = control(obs)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.thread_time() - cpu))
         return action
     return wrapped, times
 
@@ -164,20 +162,21 @@ def pendulum_table(args, dtype):
             episode = run_episode(env, control, args.steps, seed=seed, start=start_at_bottom,
                                   dtype=dtype)
             returns[name].append(episode.return_)
-            first.setdefault(name, step_times[0])
+            first.setdefault(name, step_times[0][0])
             times[name].extend(step_times[args.warmup:])
     env.close()
-    anchor_ms = 1e3 * statistics.median(times["pytorch_mppi MPPI"])
+    anchor_ms, anchor_cpu = (1e3 * statistics.median(t[i] for t in times["pytorch_mppi MPPI"]) for i in (0, 1))
     print(f"\nPendulum-v1 swing-up, {args.steps} steps from {list(START)}, samples {args.samples},"
           f" horizon {args.horizon}, temperature {args.temperature}, noise covariance "
           f"{args.covariance}, {args.seeds} seeds, {dtype}")
-    print("| method | mean return | min .. max | ms / step (median) | speed-up | first call s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| method | mean return | min .. max | ms / step (median) | speed-up | CPU ms / step | CPU speed-up "
+          "| first call s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in methods:
-        ms = 1e3 * statistics.median(times[name])
+        ms, cpu = (1e3 * statistics.median(t[i] for t in times[name]) for i in (0, 1))
         r = returns[name]
         print(f"| {name} | {statistics.mean(r):.1f} | {min(r):.1f} .. {max(r):.1f} | {ms:.3f} "
-              f"| {anchor_ms / ms:.1f}x | {first[name]:.1f} |")
+              f"| {anchor_ms / ms:.1f}x | {cpu:.3f} | {anchor_cpu / cpu:.1f}x | {first[name]:.1f} |")
 
 
 # ---- throughput on the cart-pole -------------------------------------------------------------
@@ -277,10 +276,12 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = torch.float32 if args.float32 else torch.float64
+    print("load average at start: %.1f %.1f %.1f" % os.getloadavg())
     if args.skip != "pendulum":
         pendulum_table(args, dtype)
     if args.skip != "throughput":
         throughput(args, dtype)
+    print("load average at end: %.1f %.1f %.1f" % os.getloadavg())
 
 
 if __name__ == "__main__":

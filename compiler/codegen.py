@@ -115,10 +115,20 @@ class NumericFunction:
             self._calls.append(e.attr.apply)
             module = f"v{self.variables.index(e.attr.ref)}"
             return self._line(f"CALL[{len(self._calls) - 1}]({', '.join([module] + args)})", e)
+        if e.op is Op.CALL and e.attr.name in _SELECTS and len(args) == len(_SELECTS[e.attr.name]) + 1:
+            return self._selects(e, args)
         if e.op is Op.CALL:
             self._calls.append(e.attr.evaluate)
             return self._line(f"CALL[{len(self._calls) - 1}]({', '.join(args)})", e)
         raise NotImplementedError(f"no code generation rule for op {e.op.name}")
+
+    def _selects(self, e: Expr, args: list[str]) -> str:
+        """Elementwise min/max/clip inline, as compiler.functions evaluates them on tensors:
+        max(a, b) = where(a >= b, a, b), min(a, b) = where(a <= b, a, b), clip = min(max(v, lo), hi)."""
+        a, *bounds = (self._pad(x, arg.shape, len(e.shape)) for x, arg in zip(args, e.args))
+        for cmp, b in zip(_SELECTS[e.attr.name], bounds):
+            a = self._line(f"torch.where({a} {cmp} {b}, {a}, {b})", e)
+        return a
 
     def _line(self, code: str, e: Expr) -> str:
         name = f"t{len(self._lines)}"
@@ -131,6 +141,10 @@ class NumericFunction:
         if missing <= 0:
             return name
         return f"{name}.reshape({name}.shape[:1] + {(1,) * missing + tuple(shape)})"
+
+
+# builtins generated inline on tensors: the comparisons of their successive selections
+_SELECTS = {"max": (">=",), "min": ("<=",), "clip": (">=", "<=")}
 
 
 def _attr_key(e: Expr):

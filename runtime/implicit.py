@@ -190,20 +190,19 @@ def implicit_argmin(z_star: Tensor, objective: Callable[[Tensor], Tensor],
     at a bound b(theta) substitutes b inside `objective` and in the result, so that the
     coupling H_FA db/dtheta reaches the free ones). The system is then H_FF w_F = v_F.
     Without autograd, or if the objective depends on no tensor that requires grad, returns
-    z_star detached (that check costs one evaluation of the objective)."""
+    z_star detached. The objective is evaluated once (at a leaf copy of z*; its autograd graph
+    tells whether a parameter is involved)."""
     z = z_star.detach()
     if not torch.is_grad_enabled():
         return z
     with torch.enable_grad():
-        probe = objective(z)
-    if probe.shape != z.shape[:1]:
-        raise ValueError(f"implicit_argmin: objective must return one value per row, shape "
-                         f"({z.shape[0]},), got {tuple(probe.shape)}")
-    if not probe.requires_grad:
-        return z
-    with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         value = objective(leaf)
+        if value.shape != z.shape[:1]:
+            raise ValueError(f"implicit_argmin: objective must return one value per row, shape "
+                             f"({z.shape[0]},), got {tuple(value.shape)}")
+        if not _reaches_another_leaf(value, leaf):
+            return z
         (g,) = torch.autograd.grad(value.sum(), leaf, create_graph=True, allow_unused=True)
     if g is None or not g.requires_grad:
         raise ValueError("implicit_argmin: the objective's gradient does not depend on z or "
@@ -223,22 +222,38 @@ def implicit_fixed_point(z_star: Tensor, mapping: Callable[[Tensor], Tensor],
       CG       conjugate gradients on the normal equations (I - J)(I - J') w = (I - J) v
                (each product one VJP and one JVP by double backward; needs I - J nonsingular,
                converges with the square of its condition number).
-    Memory: one evaluation of T, independent of the forward iterations. Without autograd, or
-    if T depends on no tensor that requires grad, returns z_star detached."""
+    Memory: one evaluation of T, independent of the forward iterations; T is called once.
+    Without autograd, or if T depends on no tensor that requires grad, returns z_star detached."""
     z = z_star.detach()
     if not torch.is_grad_enabled():
         return z
     with torch.enable_grad():
-        probe = mapping(z)
-    if probe.shape != z.shape:
-        raise ValueError(f"implicit_fixed_point: mapping must keep the shape {tuple(z.shape)}, "
-                         f"returned {tuple(probe.shape)}")
-    if not probe.requires_grad:
-        return z
-    with torch.enable_grad():
         leaf = z.clone().requires_grad_()
         Tz = mapping(leaf)
+    if Tz.shape != z.shape:
+        raise ValueError(f"implicit_fixed_point: mapping must keep the shape {tuple(z.shape)}, "
+                         f"returned {tuple(Tz.shape)}")
+    if not _reaches_another_leaf(Tz, leaf):
+        return z
     return _FixedPointSurrogate.apply(z, Tz, leaf, backward)
+
+
+def _reaches_another_leaf(out: Tensor, leaf: Tensor) -> bool:
+    """Whether the autograd graph of `out` reaches a tensor that requires grad other than `leaf`
+    (a parameter the callable closes over, or one it was computed from): a walk over the graph
+    that stops at the first such leaf (AccumulateGrad node)."""
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):           # AccumulateGrad of a leaf that requires grad
+            if node.variable is not leaf:
+                return True
+            continue
+        stack.extend(parent for parent, _ in node.next_functions)
+    return False
 
 
 class _ArgminSurrogate(torch.autograd.Function):

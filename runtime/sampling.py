@@ -50,7 +50,9 @@ when autograd is disabled (closed-loop control); the first solve pays the compil
 seconds), later ones run several times faster than eager. With autograd enabled the eager code
 always runs. torch.compile keeps a limited number of variants per function (torch._dynamo's
 recompile_limit, 8 by default) and falls back to eager beyond it, so reuse one problem rather
-than building a new one per solve.
+than building a new one per solve. For closed-loop control, `SamplingPlanner` prepares a solve
+once (limits, noise std, optionally the noise itself) so that each call is the compiled kernel
+and little else.
 
 Gradients (with respect to x0, u_init, the limits, and any parameters the callables close
 over; taken when autograd is enabled, at the cost of keeping the graph of every iteration):
@@ -68,6 +70,7 @@ over; taken when autograd is enabled, at the cost of keeping the graph of every 
   smooth map (undefined only where an elite set changes, a set of measure zero). With
   lam = inf the plan does not depend on the costs and its gradient with respect to them is 0.
 """
+import types
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, NamedTuple, Optional, Sequence, Union
@@ -105,10 +108,16 @@ class SamplingProblem:
 
     def _compiled(self, iterations: Callable) -> Callable:
         """`iterations` (this module's `_mppi` or `_cem`) bound to this problem and compiled by
-        torch.compile; cached on the problem."""
+        torch.compile; cached on the problem. torch._dynamo keeps its compiled variants on the
+        code object it compiles, at most recompile_limit (8) of them, and runs eager beyond:
+        each problem is another program, so it compiles its own copy of the function's code (a
+        function, not a partial, whose wrapper code all partials would share), and many
+        problems in one process (plans, seeds) do not fall back to eager."""
         cache = self.__dict__.setdefault("_fused", {})   # frozen: fields stay read-only
         if iterations not in cache:
-            cache[iterations] = torch.compile(partial(iterations, self), dynamic=False)
+            own = types.FunctionType(iterations.__code__.replace(), iterations.__globals__, iterations.__name__,
+                                     iterations.__defaults__, iterations.__closure__)
+            cache[iterations] = partial(torch.compile(own, dynamic=False), self)
         return cache[iterations]
 
 
@@ -155,18 +164,66 @@ class SamplingSolution(NamedTuple):
     iterations: Tensor   # (B,) int64  iterations taken (all of them)
 
 
+class SamplingPlanner:
+    """MPPI or CEM (chosen by the type of `options`) prepared for repeated solves of `problem`
+    at one plan shape (B, T, m), dtype and device, as closed-loop control needs: the limits
+    (B, T, m), the noise std, the control-cost weights and (with `fixed_noise`) the noise are
+    made once, and a call does no validation and no allocation beyond the solve itself.
+
+    like: a (B, T, m) tensor of the plans' shape, dtype and device (e.g. the first warm start).
+    Noise: a call draws fresh noise from `generator` (None: torch's global generator), so that
+    successive calls differ, unless `fixed_noise`: then it is drawn once here and every call
+    reuses it, which is what re-seeding a generator before each solve gives (the same plan for
+    the same x0 and u_init; the compiled plans' `seed` option).
+
+    planner(x0 (B, n), u_init (B, T, m)) -> SamplingSolution; x0 and u_init must have the
+    prepared shapes, dtype and device (unchecked here; `mppi` and `cem` check them). Limits
+    that require grad are taken into the graph once, here: build a planner per solve then.
+    """
+
+    def __init__(self, problem: SamplingProblem, options: Union[MPPIOptions, CEMOptions],
+                 like: Tensor, generator: Optional[torch.Generator] = None,
+                 fixed_noise: bool = False):
+        if not isinstance(options, (MPPIOptions, CEMOptions)):
+            raise TypeError(f"options must be MPPIOptions or CEMOptions, got {type(options).__name__}")
+        if like.dim() != 3 or like.shape[1] < 1:
+            raise ValueError(f"a sampling planner needs plans (B, T, m) with T >= 1, got {tuple(like.shape)}")
+        self.problem, self.options, self.generator = problem, options, generator
+        self._shape, self._dtype, self._device = tuple(like.shape), like.dtype, like.device
+        self.lower, self.upper = control_limits(problem.lower, problem.upper, like)
+        self._iterations = _mppi if isinstance(options, MPPIOptions) else _cem
+        scale = _per_control(options.noise, like, "noise")
+        if isinstance(options, MPPIOptions):
+            # eps = sigma * z; the control cost's gamma lam Sigma^{-1}
+            self._scale = scale
+            self._extra = (options.control_cost * options.temperature / scale ** 2, options.temperature,
+                           bool(options.control_cost))
+        else:
+            self._scale = None
+            self._extra = (scale, options.elites, options.momentum, options.min_std, options.temperature)
+        self._noise = self._draw() if fixed_noise else None
+        self._count = torch.full(self._shape[:1], options.iters, dtype=torch.int64, device=like.device)
+
+    def _draw(self) -> Tensor:
+        """The noise of every iteration and stage, (iters, B, K, T, m): sigma z for MPPI, z for CEM."""
+        B, T, m = self._shape
+        z = torch.randn((self.options.iters, B, self.options.samples, T, m), generator=self.generator,
+                        dtype=self._dtype, device=self._device)
+        return z if self._scale is None else z.mul_(self._scale)
+
+    def __call__(self, x0: Tensor, u_init: Tensor) -> SamplingSolution:
+        noise = self._draw() if self._noise is None else self._noise
+        x, u, J, status = _solver(self.problem, self._iterations)(x0, u_init, self.lower, self.upper, noise,
+                                                                  *self._extra)
+        return SamplingSolution(x, u, J, status, self._count)
+
+
 def mppi(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
          options: MPPIOptions = MPPIOptions(),
          generator: Optional[torch.Generator] = None) -> SamplingSolution:
     """MPPI from the warm start u_init (B, T, m); noise from `generator` (on x0's device)."""
     _check_shapes(x0, u_init)
-    lo, hi = control_limits(problem.lower, problem.upper, u_init)
-    sigma = _per_control(options.noise, u_init, "noise")
-    eps = _standard_normal(options.iters, options.samples, u_init, generator).mul_(sigma)
-    weight = options.control_cost * options.temperature / sigma ** 2    # gamma lam Sigma^{-1}
-    x, u, J = _solver(problem, _mppi)(x0, u_init, lo, hi, eps, weight, options.temperature,
-                                      bool(options.control_cost))
-    return _solution(x, u, J, options.iters)
+    return SamplingPlanner(problem, options, u_init, generator)(x0, u_init)
 
 
 def cem(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
@@ -174,12 +231,7 @@ def cem(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
         generator: Optional[torch.Generator] = None) -> SamplingSolution:
     """CEM from the mean u_init (B, T, m); noise from `generator` (on x0's device)."""
     _check_shapes(x0, u_init)
-    lo, hi = control_limits(problem.lower, problem.upper, u_init)
-    std = _per_control(options.noise, u_init, "noise")
-    z = _standard_normal(options.iters, options.samples, u_init, generator)
-    x, u, J = _solver(problem, _cem)(x0, u_init, lo, hi, z, std, options.elites,
-                                     options.momentum, options.min_std, options.temperature)
-    return _solution(x, u, J, options.iters)
+    return SamplingPlanner(problem, options, u_init, generator)(x0, u_init)
 
 
 def rollout(problem: SamplingProblem, x0: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,8 +245,8 @@ def rollout(problem: SamplingProblem, x0: Tensor, u: Tensor) -> tuple[Tensor, Te
 
 def _mppi(problem: SamplingProblem, x0: Tensor, u: Tensor, lo: Optional[Tensor],
           hi: Optional[Tensor], eps: Tensor, weight: Tensor, lam: float,
-          control_cost: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """MPPI iterations on the noise eps (iters, B, K, T, m); the plan's x, u, J."""
+          control_cost: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MPPI iterations on the noise eps (iters, B, K, T, m); the plan's x, u, J and status."""
     u = _clamp(u, lo, hi)
     for eps_i in eps.unbind(0):
         v = _clamp(u.unsqueeze(1) + eps_i, _samples(lo), _samples(hi))
@@ -203,14 +255,13 @@ def _mppi(problem: SamplingProblem, x0: Tensor, u: Tensor, lo: Optional[Tensor],
             uw = u * weight
             S = S + (_contract(v, uw) - (uw * u).sum((1, 2)).unsqueeze(1))
         u = _weighted_mean(torch.softmax(S.mul(-1.0 / lam), 1), v)
-    x, J = _rollout(problem, x0, u.unsqueeze(1), keep_states=True)
-    return x.squeeze(1), u, J.squeeze(1)
+    return _planned(problem, x0, u)
 
 
 def _cem(problem: SamplingProblem, x0: Tensor, mean: Tensor, lo: Optional[Tensor],
          hi: Optional[Tensor], z: Tensor, std: Tensor, elites: int, rho: float, min_std: float,
-         lam: float) -> tuple[Tensor, Tensor, Tensor]:
-    """CEM iterations on the standard noise z (iters, B, K, T, m); the plan's x, u, J."""
+         lam: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CEM iterations on the standard noise z (iters, B, K, T, m); the plan's x, u, J and status."""
     B, T, m = mean.shape
     mean = _clamp(mean, lo, hi)
     std = std.expand(B, T, m)
@@ -226,8 +277,7 @@ def _cem(problem: SamplingProblem, x0: Tensor, mean: Tensor, lo: Optional[Tensor
             e_std, e_mean = torch.std_mean(best, 1, correction=0)
             mean = e_mean if rho == 0 else rho * mean + (1 - rho) * e_mean
             std = (e_std if rho == 0 else rho * std + (1 - rho) * e_std).clamp_min(min_std)
-    x, J = _rollout(problem, x0, mean.unsqueeze(1), keep_states=True)
-    return x.squeeze(1), mean, J.squeeze(1)
+    return _planned(problem, x0, mean)
 
 
 def _solver(problem: SamplingProblem, iterations: Callable) -> Callable:
@@ -266,11 +316,13 @@ def _rollout(problem: SamplingProblem, x0: Tensor, v: Tensor,
     return X, stage + problem.final_cost(x)
 
 
-def _solution(x: Tensor, u: Tensor, J: Tensor, iters: int) -> SamplingSolution:
-    finite = torch.isfinite(J) & torch.isfinite(x).flatten(1).all(1) & \
-        torch.isfinite(u).flatten(1).all(1)
-    status = torch.where(finite, int(Status.SOLVED), int(Status.NUMERICAL))
-    return SamplingSolution(x, u, J, status, torch.full_like(status, iters))
+def _planned(problem: SamplingProblem, x0: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The plan u (B, T, m) with its rollout x (B, T+1, n), cost J (B,) and status (B,): SOLVED
+    where all three are finite, else NUMERICAL."""
+    x, J = _rollout(problem, x0, u.unsqueeze(1), keep_states=True)
+    x, J = x.squeeze(1), J.squeeze(1)
+    finite = torch.isfinite(J) & torch.isfinite(x).flatten(1).all(1) & torch.isfinite(u).flatten(1).all(1)
+    return x, u, J, torch.where(finite, int(Status.SOLVED), int(Status.NUMERICAL))
 
 
 # ---- small helpers ----------------------------------------------------------------------------
@@ -285,13 +337,6 @@ def _contract(v: Tensor, a: Tensor) -> Tensor:
     """sum_{t, i} v[b, k, t, i] a[b, t, i] for v (B, K, T, m), a (B, T, m) -> (B, K)."""
     B, K, T, m = v.shape
     return torch.bmm(v.reshape(B, K, T * m), a.reshape(B, T * m, 1)).view(B, K)
-
-
-def _standard_normal(iters: int, samples: int, u: Tensor,
-                     generator: Optional[torch.Generator]) -> Tensor:
-    """N(0, 1) draws (iters, B, K, T, m) for the samples of every iteration."""
-    return torch.randn((iters, u.shape[0], samples) + tuple(u.shape[1:]), generator=generator,
-                       dtype=u.dtype, device=u.device)
 
 
 def _clamp(u: Tensor, lo: Optional[Tensor], hi: Optional[Tensor]) -> Tensor:

@@ -7,7 +7,7 @@ optional warm start for the controls (B, T, m).
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Callable, Protocol
 
 import networkx as nx
 import torch
@@ -33,9 +33,14 @@ from runtime.qp import QPOptions, qp
 class Backend(Protocol):
     def __call__(self, env: Env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution: ...
 
+    def prepare(self, env: Env, batch: int, like: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor | None], Solution]:
+        """(x0 (B, n), warm) -> Solution with `env` bound, for repeated solves (closed loop)."""
+
 
 class _Lowered:
     """What every backend shares: the plan's layout, transition and cost expressions."""
+
+    statuses_final = False      # True: its solutions already mark non-finite elements 'numerical'
 
     def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
         self.info, self.layout, self.horizon = info, layout, info.horizon
@@ -100,6 +105,11 @@ class _Lowered:
     def without_clock(self, x: torch.Tensor) -> torch.Tensor:
         """The plan's states of a (possibly) clocked x (..., n or n+1)."""
         return x[..., :self.layout.n]
+
+    def prepare(self, env: Env, batch: int, like: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor | None], Solution]:
+        """(x0 (B, n), warm (B, T, m) or None) -> Solution with `env` bound, for repeated solves
+        of batch size B (closed-loop control); backends with per-solve set-up to hoist override it."""
+        return lambda x0, warm: self(env, x0, like, warm)
 
     def dynamics(self, env: Env, like: torch.Tensor):
         """(x (B, n), u (B, m)) -> x_{t+1} (B, n) with `env` bound (integrated if continuous); a

@@ -60,6 +60,7 @@ class PlanModule(nn.Module):
                 self._defaults[var.ref.name] = buffer
         self.backend = graph.graph["lowered"]
         self.planner = getattr(self.backend, "network", None)      # a grid planner's learnable network
+        self._layout_map: dict | None = None
 
     @property
     def horizon(self) -> int:
@@ -231,20 +232,36 @@ class PlanModule(nn.Module):
 
     def _solve(self, env, x0: torch.Tensor, like: torch.Tensor, warm: torch.Tensor | None) -> Solution:
         """The backend's solve, with failures as statuses (module docstring)."""
+        return self._guarded(lambda: self.backend(env, x0, like, warm), x0.shape[0], like)
+
+    def _guarded(self, solve, batch: int, like: torch.Tensor) -> Solution:
+        """solve() -> Solution, with an exception as status 'numerical' for all `batch` elements and
+        non-finite solved elements as 'numerical' (module docstring)."""
         try:
-            sol = self.backend(env, x0, like, warm)
+            sol = solve()
         except (RuntimeError, ArithmeticError) as err:
             warnings.warn(f"{self.plan_name}: solve {self.solver} failed ({type(err).__name__}: {err}); "
-                          "every batch element gets status 'numerical'", RuntimeWarning, stacklevel=3)
-            B, T, n, m = x0.shape[0], self.horizon, self.layout.n, self.layout.m
-            failed = torch.full((B,), int(Status.NUMERICAL), dtype=torch.int64, device=like.device)
-            sol = Solution(like.new_full((B, T + 1, n), torch.nan), like.new_full((B, T, m), torch.nan),
-                           like.new_full((B,), torch.nan), failed, self.solver)
-        finite = torch.isfinite(sol.cost) & torch.isfinite(sol.x).flatten(1).all(1) & \
-            torch.isfinite(sol.u).flatten(1).all(1)
-        sol.status = torch.where((sol.status == Status.SOLVED) & ~finite, int(Status.NUMERICAL), sol.status)
+                          "every batch element gets status 'numerical'", RuntimeWarning, stacklevel=4)
+            T, n, m = self.horizon, self.layout.n, self.layout.m
+            failed = torch.full((batch,), int(Status.NUMERICAL), dtype=torch.int64, device=like.device)
+            sol = Solution(like.new_full((batch, T + 1, n), torch.nan), like.new_full((batch, T, m), torch.nan),
+                           like.new_full((batch,), torch.nan), failed, self.solver)
+        else:
+            if not getattr(self.backend, "statuses_final", False):
+                finite = torch.isfinite(sol.cost) & torch.isfinite(sol.x).flatten(1).all(1) & \
+                    torch.isfinite(sol.u).flatten(1).all(1)
+                sol.status = torch.where((sol.status == Status.SOLVED) & ~finite, int(Status.NUMERICAL), sol.status)
         sol.layout = self._solution_layout()
         return sol
+
+    def controller(self, **values) -> "Controller":
+        """A receding-horizon controller of this plan with `values` bound once (as `forward` binds
+        them; initial states are not bound): `controller(x)` solves from the state x (B, n)
+        warm-started with its previous plan shifted by one stage. See `Controller`."""
+        if self.info.family == "grid":
+            raise ValueError(f"{self.plan_name}: a grid plan has no states to control; call the module")
+        env, _, like = self.bind(values, initial_states=False)
+        return Controller(self, env, like)
 
     def _warm_start(self, warm: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
         want = (self.horizon, self.layout.m)
@@ -316,14 +333,14 @@ class PlanModule(nn.Module):
         env, x, like = self.bind(values)
         system = self if system is None else system
         true_env = env if system is self else system.bind({}, initial_states=False, like=like)[0]
-        xs, us, statuses, iterations, warm = [x], [], [], 0, None
+        control = Controller(self, env, like)
+        xs, us, statuses, iterations = [x], [], [], 0
         cost = like.new_zeros(x.shape[0])
         for _ in range(steps):
-            sol = self._solve(env, x, like, warm)
+            sol = control(x)
             u = system._saturated(true_env, sol.u[:, 0], like)
             cost = cost + self.backend.stage_cost(env, x, u, like)
             x = system.backend.step(true_env, x, u, like)
-            warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], dim=1).detach()
             xs.append(x)
             us.append(u)
             statuses.append(sol.status)
@@ -353,21 +370,21 @@ class PlanModule(nn.Module):
             raise ValueError(f"{self.plan_name}: the plan has no `env` block, so it cannot say how an "
                              "observation maps to its state")
         gym = make_env(env or spec.id) if env is None or isinstance(env, str) else env
-        like = self._witness(values)
-        bound, _, like = self.bind(values, initial_states=False, like=like)
-        warm = None
+        control = self.controller(**values)
 
         def controller(obs: torch.Tensor) -> torch.Tensor:
-            nonlocal warm
-            x = spec.observe(bound, obs.to(like).reshape(1, -1), like)
-            sol = self.backend(bound, x, like, warm)
-            warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], dim=1)
-            return sol.u[0, 0]
+            return control(spec.observe(control.env, obs.to(control.like).reshape(1, -1), control.like)).u[0, 0]
 
         with torch.no_grad():
-            return run_episode(gym, controller, steps or spec.steps, seed=seed, start=start, dtype=like.dtype)
+            return run_episode(gym, controller, steps or spec.steps, seed=seed, start=start,
+                               dtype=control.like.dtype)
 
     def _solution_layout(self) -> dict:
+        if self._layout_map is None:
+            self._layout_map = self._names_to_slices()
+        return dict(self._layout_map)
+
+    def _names_to_slices(self) -> dict:
         out, offsets = {}, self.layout.offsets()
         n = self.layout.n
         for var in self.layout.states + self.layout.controls:
@@ -382,3 +399,40 @@ class PlanModule(nn.Module):
                 f"n={self.layout.n}, m={self.layout.m}")
 
 
+class Controller:
+    """Receding-horizon control with a compiled plan, its values bound once (`PlanModule.controller`).
+
+    `controller(x)` solves the plan from the state x (B, n), warm-started with the previous
+    solve's controls shifted by one stage (the last one repeated; none on the first call), and
+    returns the `Solution` (apply `sol.u[:, 0]`), with the module's failure rule: an exception
+    or a non-finite solved element gives status 'numerical'. The backend's per-solve set-up
+    (for mppi/cem: the bound rollout functions, limits, noise and the compiled iterations) is
+    made once per batch size and reused, so a call costs the solve itself. The values, the
+    learnables included, are those at creation: make a new controller after changing them.
+    The warm start is kept detached; `reset()` forgets it.
+    """
+
+    def __init__(self, module: PlanModule, env: dict, like: torch.Tensor):
+        self.module, self.env, self.like = module, env, like
+        self.warm: torch.Tensor | None = None
+        self._solve, self._batch = None, None
+
+    def reset(self) -> None:
+        self.warm = None
+
+    def _prepared(self, batch: int):
+        backend = self.module.backend
+        if hasattr(backend, "prepare"):
+            return backend.prepare(self.env, batch, self.like)
+        return lambda x, warm: backend(self.env, x, self.like, warm)
+
+    def __call__(self, x: torch.Tensor) -> Solution:
+        x = x.to(self.like)
+        batch = x.shape[0]
+        if batch != self._batch:
+            self._solve, self._batch = self._prepared(batch), batch
+            if self.warm is not None and self.warm.shape[0] != batch:
+                self.warm = None
+        sol = self.module._guarded(lambda: self._solve(x, self.warm), batch, self.like)
+        self.warm = torch.cat((sol.u[:, 1:], sol.u[:, -1:]), dim=1).detach()
+        return sol

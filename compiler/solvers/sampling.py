@@ -13,7 +13,7 @@ from compiler.lower.sampled import SampledCallables
 from compiler.options import Number, NumberOrList, Option, Schema, Symbol
 from compiler.solution import Solution
 from compiler.solvers.base import ConstraintSupport, Solver
-from runtime.sampling import CEMOptions, MPPIOptions, SamplingProblem, cem, mppi
+from runtime.sampling import CEMOptions, MPPIOptions, SamplingPlanner, SamplingProblem
 
 _SAMPLES = Option(Number(integer=True, minimum=1), 256, "sampled control sequences per batch element (K)")
 _SEED = Option(Number(integer=True, minimum=0), 0, "seed of the noise (the same seed gives the same plan)")
@@ -22,41 +22,61 @@ _FUSE = Option(Symbol(("off", "on")), "off",
 
 
 class SamplingBackend(_Lowered):
-    """Binds the plan's callables over (B, K) samples and runs one sampling planner."""
+    """Binds the plan's callables over (B, K) samples and runs one sampling planner.
 
-    def __init__(self, graph, info, layout, planner, options):
+    One prepared planner (`runtime.sampling.SamplingPlanner`) per batch size, dtype, device and
+    limits, kept across calls and rebound to each call's values: with `fuse=on`, torch.compile
+    caches its kernels on the planner's problem, so it must be reused. The noise is drawn once
+    per planner from `seed` (the same draws a generator re-seeded before every solve gives).
+    Limits that need a gradient get a fresh planner per call. Its statuses are final: the
+    planner marks an element with a non-finite x, u or cost NUMERICAL."""
+
+    statuses_final = True
+
+    def __init__(self, graph, info, layout, options):
         super().__init__(graph, info, layout)
-        self.planner, self.options = planner, options     # options: info.options -> runtime options
-        self._problems: dict[tuple, tuple[SampledCallables, SamplingProblem]] = {}
+        self.options = options(info.options)     # runtime MPPIOptions / CEMOptions
+        self._planners: dict[tuple, tuple[SampledCallables, SamplingPlanner]] = {}
 
     def __call__(self, env, x0: torch.Tensor, like: torch.Tensor, warm=None) -> Solution:
-        batch = x0.shape[0]
-        env = self.stage_values.with_tables(env, like)
-        problem = self._problem(env, like, batch)
-        generator = torch.Generator(device=x0.device).manual_seed(int(self.info.options["seed"]))
-        sol = self.planner(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm),
-                           self.options(self.info.options), generator)
-        return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, self.info.solver,
-                        iterations=sol.iterations)
+        return self._bound(env, x0.shape[0], like)(x0, warm)
 
-    def _problem(self, env, like: torch.Tensor, batch: int) -> SamplingProblem:
-        """One problem per batch size, dtype, device and limits, rebound to this call's values: with
-        `fuse=on`, torch.compile caches its kernels on the problem, so it must be reused. Limits
-        that need a gradient are bound per call (a fresh problem)."""
+    def prepare(self, env, batch: int, like: torch.Tensor):
+        """(x0 (B, n), warm (B, T, m) or None) -> Solution, with `env` bound for repeated solves."""
+        lower, upper = self.control_bounds(env, like)
+        if lower is not None and (lower.requires_grad or upper.requires_grad):
+            return lambda x0, warm: self(env, x0, like, warm)     # the limits enter each solve's graph
+        return self._bound(env, batch, like)
+
+    def _bound(self, env, batch: int, like: torch.Tensor):
+        """A clocked plan (time-indexed data) rolls out (x, clock) from stage 0 (`_Lowered.with_clock`)."""
+        env = self.stage_values.with_tables(env, like)
+        calls, planner = self._planner(env, like, batch)
+
+        def solve(x0: torch.Tensor, warm: torch.Tensor | None) -> Solution:
+            if calls.env is not env:
+                calls.rebind(env, like)
+            sol = planner(self.with_clock(x0), self.initial_controls(env, batch, like, warm))
+            return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, self.info.solver,
+                            iterations=sol.iterations)
+        return solve
+
+    def _planner(self, env, like: torch.Tensor, batch: int) -> tuple[SampledCallables, SamplingPlanner]:
         lower, upper = self.control_bounds(env, like)
         per_call = lower is not None and (lower.requires_grad or upper.requires_grad)
         limits = None if lower is None else tuple(torch.cat([lower, upper]).flatten().tolist())
         key = (batch, like.dtype, like.device, limits)
-        if per_call or key not in self._problems:
-            calls = SampledCallables(self, env, like, batch)
+        if per_call or key not in self._planners:
+            calls = SampledCallables(self, batch, self.options.samples, self.horizon)
             problem = SamplingProblem(calls.dynamics, calls.stage_cost, calls.final_cost, lower, upper,
                                       vectorized_cost=True, fuse=self.info.options["fuse"] == "on")
+            generator = torch.Generator(device=like.device).manual_seed(int(self.info.options["seed"]))
+            plans = like.new_zeros(batch, self.horizon, self.layout.m)
+            entry = calls, SamplingPlanner(problem, self.options, plans, generator, fixed_noise=True)
             if per_call:
-                return problem
-            self._problems[key] = calls, problem
-        calls, problem = self._problems[key]
-        calls.rebind(env, like)
-        return problem
+                return entry
+            self._planners[key] = entry
+        return self._planners[key]
 
 
 class MPPI(Solver):
@@ -73,7 +93,7 @@ class MPPI(Solver):
     constraints = ConstraintSupport.CONTROL_BOX
 
     def backend(self, graph, info, layout):
-        return SamplingBackend(graph, info, layout, mppi, lambda o: MPPIOptions(
+        return SamplingBackend(graph, info, layout, lambda o: MPPIOptions(
             samples=o["samples"], temperature=o["temperature"], noise=o["noise"], iters=o["iters"],
             control_cost=o["control_cost"]))
 
@@ -99,6 +119,6 @@ class CEM(Solver):
         return []
 
     def backend(self, graph, info, layout):
-        return SamplingBackend(graph, info, layout, cem, lambda o: CEMOptions(
+        return SamplingBackend(graph, info, layout, lambda o: CEMOptions(
             samples=o["samples"], elites=o["elites"], iters=o["iters"], noise=o["noise"], momentum=o["momentum"],
             min_std=o["min_std"], temperature=o["temperature"]))

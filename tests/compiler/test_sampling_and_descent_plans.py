@@ -123,3 +123,41 @@ def test_closed_loop_mppi_warm_starts():
     run = module.simulate(5)
     assert run.x.shape == (1, 6, 2) and run.step_status.shape == (1, 5)
     assert float(run.x[0, -1, 0].abs()) < 1.0
+
+
+@pytest.mark.parametrize("solver", ["mppi(samples=32, iters=2, noise=0.5)",
+                                    "cem(samples=32, elites=8, iters=2, noise=0.5)", "ilqr"])
+def test_controller_repeats_the_module_solves_warm_started_with_the_shifted_plan(solver):
+    module = compiled(solver)
+    control = module.controller(w=0.5)
+    x = torch.tensor([[1.0, 0.0], [0.5, 0.2]], dtype=torch.float64)
+    warm = None
+    for _ in range(3):
+        got = control(x)
+        want = module(x=x, w=0.5, warm_start=warm)
+        torch.testing.assert_close(got.u, want.u, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got.cost, want.cost, rtol=0, atol=1e-12)
+        assert got.status_names() == want.status_names() == ["solved", "solved"]
+        assert torch.equal(got["u"], got.u)                  # the module's layout is attached
+        warm = torch.cat((want.u[:, 1:], want.u[:, -1:]), dim=1)
+        x = module.step(x, got.u[:, 0])
+
+
+def test_controller_keeps_the_failed_element_rule():
+    control = compiled("mppi(samples=16, noise=0.5)").controller()
+    x = torch.tensor([[1.0, 0.0], [torch.nan, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    for _ in range(2):
+        assert control(x).status_names() == ["solved", "numerical", "solved"]
+    assert control(x[:1]).status_names() == ["solved"]        # another batch size: prepared anew
+
+
+@pytest.mark.slow
+def test_fused_controller_matches_the_eager_one():
+    eager = compiled("mppi(samples=32, iters=2, noise=0.5)").controller()
+    fused = compiled("mppi(samples=32, iters=2, noise=0.5, fuse=on)").controller()
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(3):
+            want, got = eager(x), fused(x)
+            torch.testing.assert_close(got.u, want.u)
+            assert got.status_names() == want.status_names() == ["solved"]

@@ -180,6 +180,37 @@ def test_argmin_without_grad_returns_detached_input():
         implicit_argmin(z, lambda y: w.sum() + 0.0 * y.detach().sum(-1))
 
 
+def counted(fn):
+    """fn, and a list that counts its calls."""
+    calls = []
+
+    def wrapped(z):
+        calls.append(1)
+        return fn(z)
+    return wrapped, calls
+
+
+def test_argmin_and_fixed_point_call_the_callable_once_per_solve():
+    theta = torch.tensor([[0.5, -1.0]], dtype=F64, requires_grad=True)
+    z_star = (theta / 2).detach()                    # argmin of z'z - theta'z
+    objective, calls = counted(lambda z: (z * z - theta * z).sum(-1))
+    out = implicit_argmin(z_star, objective)
+    (g,) = torch.autograd.grad(out.sum(), theta)
+    assert len(calls) == 1 and torch.allclose(g, torch.full_like(g, 0.5))
+    constant, calls = counted(lambda z: (z * z).sum(-1))          # no parameter: z* detached
+    assert not implicit_argmin(z_star, constant).requires_grad and len(calls) == 1
+    fixed = (2 * theta).detach()                                 # z = z / 2 + theta
+    mapping, calls = counted(lambda z: 0.5 * z + theta)
+    out = implicit_fixed_point(fixed, mapping, Backward.implicit("neumann", iters=60))
+    (g,) = torch.autograd.grad(out.sum(), theta)
+    assert len(calls) == 1 and torch.allclose(g, torch.full_like(g, 2.0))
+    mapping, calls = counted(lambda z: 0.5 * z)
+    assert not implicit_fixed_point(fixed, mapping).requires_grad and len(calls) == 1
+    parameter = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    through, calls = counted(lambda z: 0.5 * z + (parameter * 1.0).exp())   # a non-leaf of a leaf
+    assert implicit_fixed_point(fixed, through).requires_grad and len(calls) == 1
+
+
 # ---- implicit fixed point --------------------------------------------------------------------
 
 @pytest.mark.parametrize("backward", [Backward.implicit("neumann", iters=200),

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from runtime.ilqr import ILQROptions, ILQRProblem, ilqr
-from runtime.sampling import (CEMOptions, MPPIOptions, SamplingProblem, cem, mppi, rollout)
+from runtime.sampling import (CEMOptions, MPPIOptions, SamplingPlanner, SamplingProblem, cem, mppi,
+                              rollout)
 from runtime.status import Status
 
 DT = 0.1
@@ -322,3 +323,34 @@ def test_fused_solves_match_eager_ones():
             torch.testing.assert_close(compiled.u, eager.u)
             torch.testing.assert_close(compiled.x, eager.x)
             torch.testing.assert_close(compiled.cost, eager.cost)
+
+
+# ---- prepared planner -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solve, options", [(mppi, MPPIOptions(samples=16, iters=2)),
+                                            (cem, CEMOptions(samples=16, elites=4, iters=2))],
+                         ids=["mppi", "cem"])
+def test_prepared_planner_repeats_the_solves_of_mppi_and_cem(solve, options):
+    problem = pendulum(damping=0.3, weight=0.05)
+    x0, u_init = start()
+    fixed = SamplingPlanner(problem, options, u_init, seeded(3), fixed_noise=True)
+    fresh = SamplingPlanner(problem, options, u_init, seeded(3))
+    generator = seeded(3)
+    for step in range(3):       # fixed noise = a generator re-seeded per solve; else it advances
+        u_init = u_init + 0.1 * step
+        once = solve(problem, x0, u_init, options, seeded(3))
+        got = fixed(x0, u_init)
+        torch.testing.assert_close(got.u, once.u, rtol=0, atol=0)
+        torch.testing.assert_close(got.x, once.x, rtol=0, atol=0)
+        assert torch.equal(got.status, once.status) and torch.equal(got.iterations, once.iterations)
+        torch.testing.assert_close(fresh(x0, u_init).u, solve(problem, x0, u_init, options, generator).u,
+                                   rtol=0, atol=0)
+    assert not torch.equal(fresh(x0, u_init).u, fixed(x0, u_init).u)
+
+
+def test_prepared_planner_marks_non_finite_elements_numerical():
+    problem = pendulum(damping=0.3, weight=0.05)
+    x0, u_init = start()
+    x0[1, 0] = torch.nan
+    planner = SamplingPlanner(problem, MPPIOptions(samples=8), u_init, seeded(0), fixed_noise=True)
+    assert planner(x0, u_init).status.tolist() == [Status.SOLVED, Status.NUMERICAL, Status.SOLVED]
