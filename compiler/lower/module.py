@@ -224,6 +224,7 @@ class PlanModule(nn.Module):
         """Solve with `values` bound by name (as `forward`) and learnables given by their constrained
         VALUE (B or 1 leading) instead of the module's parameters: for gradient checks that perturb
         a learnable's value directly. `warm_start` as in `forward`."""
+        self._require_trajectory("solve_with")
         env, x0, like = self.bind(values)
         for name, value in (learned or {}).items():
             env[self._learnable(name).ref] = value.to(like)
@@ -254,12 +255,21 @@ class PlanModule(nn.Module):
         sol.layout = self._solution_layout()
         return sol
 
+    def _require_trajectory(self, what: str) -> None:
+        """Raise a clear error when `what` (a trajectory-family method) is called on a grid or joint plan."""
+        family = self.info.family
+        if family == "grid":
+            raise ValueError(f"{self.plan_name}: {what} is for trajectory plans; a grid plan has no states or "
+                             "controls to step: call the module (occupancy=, goal=, start=)")
+        if family == "joint":
+            raise ValueError(f"{self.plan_name}: {what} is for single-agent trajectory plans; a joint plan "
+                             "(`agents N`) is solved by calling the module (x=(B, N, n), inputs with an agent axis)")
+
     def controller(self, **values) -> "Controller":
         """A receding-horizon controller of this plan with `values` bound once (as `forward` binds
         them; initial states are not bound): `controller(x)` solves from the state x (B, n)
         warm-started with its previous plan shifted by one stage. See `Controller`."""
-        if self.info.family == "grid":
-            raise ValueError(f"{self.plan_name}: a grid plan has no states to control; call the module")
+        self._require_trajectory("controller")
         env, _, like = self.bind(values, initial_states=False)
         return Controller(self, env, like)
 
@@ -279,6 +289,7 @@ class PlanModule(nn.Module):
         (n,) and (m,) are taken as a batch of one. The control is first clipped to the plan's
         control bounds (`control u in [lo, hi]`), as the true system would saturate it.
         """
+        self._require_trajectory("step")
         like = torch.zeros((), dtype=x.dtype, device=x.device) if torch.is_tensor(x) and x.is_floating_point() else None
         env, _, like = self.bind(values, initial_states=False, like=like)
         x, u = self._stacked(x, self.layout.n, "x", "states", like), self._stacked(u, self.layout.m, "u", "controls", like)
@@ -307,6 +318,7 @@ class PlanModule(nn.Module):
     def trajectory_cost(self, x: torch.Tensor, u: torch.Tensor, **values) -> torch.Tensor:
         """J(x, u) (B,) of a given trajectory x (B, T+1, n), u (B, T, m): the stage costs summed
         over t < T plus the final cost at x_T; differentiable in x, u, the values and learnables."""
+        self._require_trajectory("trajectory_cost")
         env, _, like = self.bind(values, initial_states=False, like=torch.zeros((), dtype=x.dtype, device=x.device))
         B, T = u.shape[:2]
         rows = {ref: v.repeat_interleave(T, dim=0) if v.shape[0] == B > 1 else v for ref, v in env.items()}
@@ -325,6 +337,7 @@ class PlanModule(nn.Module):
         way plus the final cost), status (B,) the worst status over all solves, `step_status`
         (B, steps) and iterations summed over the solves.
         """
+        self._require_trajectory("simulate")
         if steps < 1:
             raise ValueError("simulate needs steps >= 1")
         if system is not None and (system.layout.n, system.layout.m) != (self.layout.n, self.layout.m):
@@ -365,6 +378,7 @@ class PlanModule(nn.Module):
         """
         from runtime.gym_env import make_env, run_episode
 
+        self._require_trajectory("drive")
         spec = self.info.env
         if spec is None and (env is None or isinstance(env, str)):
             raise ValueError(f"{self.plan_name}: the plan has no `env` block, so it cannot say how an "

@@ -94,3 +94,11 @@ def test_a_trajectory_plan_cannot_use_vin():
     text = (ROOT / "examples" / "double_integrator.plan").read_text().replace("solve lqr", "solve vin(k=5)")
     with pytest.raises(PlanError, match="solve vin plans over a grid"):
         planlang.compile(planlang.loads(text))
+
+
+def test_trajectory_methods_on_a_grid_plan_say_what_to_call_instead():
+    module = planlang.compile(planlang.load(ROOT / "examples" / "vin_8x8.plan"))
+    for call in (lambda: module.step(torch.zeros(1, 2), torch.zeros(1, 1)), lambda: module.simulate(2),
+                 module.controller):
+        with pytest.raises(ValueError, match="for trajectory plans; a grid plan has no states"):
+            call()

@@ -276,3 +276,15 @@ def test_corridor_swap_2_passes_without_collisions_inside_the_walls():
     assert (sol.x[:, :, -1, :2] - scenes.goals.float()).norm(dim=-1).max() < GOAL_TOLERANCE
     assert sol.x[..., 1].abs().max() <= 1.0 + 1e-3
     assert fine_min_distance(sol.x).min() >= 1.0
+
+
+@pytest.mark.parametrize("call", ["step", "trajectory_cost", "simulate", "controller", "drive", "solve_with"])
+def test_trajectory_methods_on_a_joint_plan_say_what_to_call_instead(call):
+    module = small()
+    x = torch.zeros(1, 4, dtype=torch.float64)
+    calls = {"step": lambda: module.step(x, torch.zeros(1, 2)), "simulate": lambda: module.simulate(3),
+             "trajectory_cost": lambda: module.trajectory_cost(x[:, None].expand(1, 7, 4), torch.zeros(1, 6, 2)),
+             "controller": module.controller, "drive": lambda: module.drive(env="Pendulum-v1"),
+             "solve_with": lambda: module.solve_with({})}
+    with pytest.raises(ValueError, match=rf"{call} is for single-agent trajectory plans.*calling the module"):
+        calls[call]()
