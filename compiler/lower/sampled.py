@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from compiler.evaluate import Env
+from runtime.world_model import WorldModel, trajectory_sampling
 
 
 class SampledCallables:
@@ -33,8 +34,13 @@ class SampledCallables:
         return self._envs[repeats]
 
     def dynamics(self, x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
+        """With K > 1 samples, each sample follows one member of every world-model ensemble
+        (trajectory sampling, seeded by the solver's `seed`); K = 1 (the plan itself) uses the
+        members' mean."""
         B, K, n = x.shape
-        nxt = self.lowered.step(self.env_for(K), x.reshape(B * K, n), u.reshape(B * K, -1), self.like)
+        ensembles = [v for v in self.env.values() if isinstance(v, WorldModel) and v.members > 1] if K > 1 else []
+        with trajectory_sampling(ensembles, B, K, int(self.lowered.info.options.get("seed", 0))):
+            nxt = self.lowered.step(self.env_for(K), x.reshape(B * K, n), u.reshape(B * K, -1), self.like)
         return nxt.reshape(B, K, n)
 
     def stage_cost(self, x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
