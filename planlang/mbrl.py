@@ -146,9 +146,11 @@ def collect_plan(module, steps: int = 1000, episode_steps: int = 50, policy: str
                 u = sol.u[:, 0]
             else:
                 u = _uniform_controls(E, m, lower, upper, generator, like)
+            if lower is not None:                                  # record what the system applies
+                u = torch.minimum(torch.maximum(u, lower[:, 0]), upper[:, 0])
             x_next = module.step(x, u, **conditioning)
             rows["x"].append(x)
-            rows["u"].append(module._saturated(env, u, like))
+            rows["u"].append(u)
             rows["x_next"].append(x_next)
             x = x_next
     out = {k: torch.stack(v, 1).reshape(E * episode_steps, -1) for k, v in rows.items()}

@@ -133,3 +133,21 @@ def test_mbrl_needs_a_model_loss(tmp_path):
     plan_file = tmp_path / "tiny.plan"
     plan_file.write_text(TINY_PENDULUM.replace("loss model(steps=2)", "loss imitation"))
     assert main(["mbrl", str(plan_file), "--episodes", "1"]) == 2
+
+
+def test_collect_from_the_plan_with_its_own_solver_records_inputs(tmp_path):
+    out = tmp_path / "plan.npz"
+    plan_file = tmp_path / "pend.plan"
+    plan_file.write_text(open("examples/pendulum_mppi.plan").read().replace("const m = 1.0", "input m = 1.0")
+                         .replace("samples=100", "samples=16"))
+    assert main(["collect", str(plan_file), "--steps", "6", "--episode-steps", "3", "--policy", "plan",
+                 "--range", "m=0.5:2", "--seed", "1", "-o", str(out)]) == 0
+    with np.load(out) as data:
+        assert data["input_m"].shape == (6,) and np.all((0.5 <= data["input_m"]) & (data["input_m"] <= 2))
+        assert data["input_m"][0] == data["input_m"][2] != data["input_m"][3]       # one mass per episode
+        assert np.all(np.abs(data["u"]) <= 2)
+        m, th, thdot = data["input_m"], data["x"][:, 0], data["x"][:, 1]
+        thdot_next = np.clip(thdot + (15 * np.sin(th) + 3 / m * data["u"][:, 0]) * 0.05, -8, 8)
+        np.testing.assert_allclose(data["x_next"][:, 1], thdot_next, rtol=1e-9)
+    with pytest.raises(SystemExit):
+        main(["collect", str(plan_file), "--steps", "6", "--policy", "greedy", "-o", str(out)])
