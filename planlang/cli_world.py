@@ -3,7 +3,7 @@
 
     planlang collect FILE [--env [ID]] --steps N [--policy random|plan] [--seed S] [--weights CKPT]
                           [--episode-steps L] [--range NAME=LO:HI] -o transitions.npz
-    planlang mbrl FILE [--env ID] --episodes E [--seed S] [--random-episodes R] [--epochs N]
+    planlang mbrl FILE [--env ID] --episodes E [--seed S] [--random-episodes R] [--random-hold K] [--epochs N]
                        [--json OUT.json] [-o CKPT] [--plot PNG]
 
 Library code (`planlang.mbrl`) raises; these handlers print a short summary.
@@ -46,6 +46,8 @@ def add_parsers(verbs) -> None:
     mbrl.add_argument("--episodes", type=int, required=True, help="episodes in all (the random ones included)")
     mbrl.add_argument("--seed", type=int, default=0, help="episode e is reset with seed + e")
     mbrl.add_argument("--random-episodes", type=int, default=1, help="episodes of random actions first (default 1)")
+    mbrl.add_argument("--random-hold", type=int, default=10,
+                      help="hold each random action for this many steps (default 10: farther than white noise)")
     mbrl.add_argument("--epochs", type=int, help="override the train block's epochs per fit")
     mbrl.add_argument("--json", type=Path, metavar="OUT.json", help="write {returns, episodes, ...} as JSON")
     mbrl.add_argument("-o", "--output", type=Path, metavar="CKPT", help="fit on all the data and write the weights")
@@ -97,7 +99,7 @@ def run_mbrl(args) -> int:
               f"{record['time_s']:6.1f} s{fit}", flush=True)
 
     result = mbrl(plan, args.env, args.episodes, args.seed, args.random_episodes, config,
-                  torch.float64 if args.float64 else torch.float32, on_episode=show)
+                  torch.float64 if args.float64 else torch.float32, on_episode=show, random_hold=args.random_hold)
     module = result.pop("module")
     data = result.pop("data")
     if args.output:

@@ -42,14 +42,21 @@ def _like(module) -> Tensor:
     return torch.zeros((), dtype=dtype)
 
 
-def random_controller(action_space, seed: int, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
-    """Uniform actions in a gymnasium Box action space, from a generator seeded by `seed`."""
+def random_controller(action_space, seed: int, dtype: torch.dtype, hold: int = 1) -> Callable[[Tensor], Tensor]:
+    """Uniform actions in a gymnasium Box action space, from a generator seeded by `seed`, each
+    held for `hold` steps (held actions drive the system farther than white noise)."""
+    if hold < 1:
+        raise ValueError(f"random actions are held for >= 1 steps, got {hold}")
     low = torch.as_tensor(action_space.low, dtype=dtype)
     high = torch.as_tensor(action_space.high, dtype=dtype)
     generator = torch.Generator().manual_seed(seed)
+    state = {"step": 0, "action": low}
 
     def controller(_obs: Tensor) -> Tensor:
-        return low + (high - low) * torch.rand(low.shape, generator=generator, dtype=dtype)
+        if state["step"] % hold == 0:
+            state["action"] = low + (high - low) * torch.rand(low.shape, generator=generator, dtype=dtype)
+        state["step"] += 1
+        return state["action"]
     return controller
 
 
@@ -72,15 +79,16 @@ def _env_setup(module, env):
     return spec, make_env(env or spec.id) if env is None or isinstance(env, str) else env
 
 
-def run_env_episode(module, gym, policy: str, seed: int, steps: Optional[int] = None) -> Episode:
-    """One episode on `gym` from reset(seed): uniformly random actions, or the plan's own solves."""
+def run_env_episode(module, gym, policy: str, seed: int, steps: Optional[int] = None, hold: int = 1) -> Episode:
+    """One episode on `gym` from reset(seed): uniformly random actions (each held `hold` steps),
+    or the plan's own solves."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got '{policy}'")
     steps = steps or module.info.env.steps
     like = _like(module)
     if policy == "plan":
         return module.drive(steps=steps, seed=seed, env=gym)
-    return run_episode(gym, random_controller(gym.action_space, seed, like.dtype), steps, seed=seed, dtype=like.dtype)
+    return run_episode(gym, random_controller(gym.action_space, seed, like.dtype, hold), steps, seed=seed, dtype=like.dtype)
 
 
 def collect_env(module, env=None, steps: int = 1000, policy: str = "random", seed: int = 0) -> dict[str, Tensor]:
@@ -177,12 +185,13 @@ def _uniform_controls(batch: int, m: int, lower, upper, generator, like: Tensor)
 
 def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int = 1,
          config: Optional[TrainConfig] = None, dtype: torch.dtype = torch.float32,
-         on_episode: Optional[Callable[[dict], None]] = None) -> dict:
+         on_episode: Optional[Callable[[dict], None]] = None, random_hold: int = 10) -> dict:
     """Model-based RL on a gymnasium environment (module docstring). Returns
     {"returns": [E floats], "episodes": [per-episode records], "module": the trained module, ...}.
 
     config: the fitting settings (default: the plan's `train { }` block, whose loss must be
-    `model`); episode e is reset with seed + e; `on_episode(record)` is called after each.
+    `model`); episode e is reset with seed + e; the random episodes hold each action for
+    `random_hold` steps; `on_episode(record)` is called after each.
     """
     import planlang
     from planlang.training import plan_train_config
@@ -205,7 +214,7 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
         began = time.perf_counter()
         policy = "random" if index < random_episodes else "plan"
         with torch.no_grad():
-            episode = run_env_episode(module, gym, policy, seed + index)
+            episode = run_env_episode(module, gym, policy, seed + index, hold=random_hold)
         acted = time.perf_counter()
         part = episode_transitions(module, episode, index, bound, like)
         data = part if data is None else concat_transitions(data, part)

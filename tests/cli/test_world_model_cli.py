@@ -151,3 +151,18 @@ def test_collect_from_the_plan_with_its_own_solver_records_inputs(tmp_path):
         np.testing.assert_allclose(data["x_next"][:, 1], thdot_next, rtol=1e-9)
     with pytest.raises(SystemExit):
         main(["collect", str(plan_file), "--steps", "6", "--policy", "greedy", "-o", str(out)])
+
+
+def test_random_actions_are_seeded_uniform_and_held():
+    from types import SimpleNamespace
+
+    from planlang.mbrl import random_controller
+
+    space = SimpleNamespace(low=np.array([-2.0, 0.0]), high=np.array([2.0, 1.0]))
+    act = random_controller(space, seed=3, dtype=torch.float64, hold=4)
+    actions = torch.stack([act(torch.zeros(3)) for _ in range(12)])
+    assert torch.equal(actions[0], actions[3]) and not torch.equal(actions[3], actions[4])
+    assert torch.equal(actions[4], actions[7]) and not torch.equal(actions[7], actions[8])
+    assert bool(((actions >= torch.tensor([-2.0, 0.0])) & (actions <= torch.tensor([2.0, 1.0]))).all())
+    again = random_controller(space, seed=3, dtype=torch.float64, hold=4)
+    torch.testing.assert_close(torch.stack([again(torch.zeros(3)) for _ in range(12)]), actions)
