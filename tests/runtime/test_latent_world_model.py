@@ -89,4 +89,4 @@ def test_training_reduces_held_out_prediction_error():
         loss.backward()
         optimizer.step()
     assert error() < 0.5 * before
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))
