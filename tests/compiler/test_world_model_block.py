@@ -3,15 +3,12 @@ inputs, fitting from a transitions file (`loss model`) with checkpoints, and gra
 world-model dynamics in ilqr, descent and mppi against central finite differences (float64)."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 import planlang
 from planlang.errors import PlanError
-from planlang.training import save_weights
 from runtime.training import TrainConfig
 from runtime.transitions import TransitionsError
 from runtime.world_model import member_assignment
