@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from planlang.cli_train import add_parsers
     add_parsers(verbs)
+    from planlang.cli_world import add_parsers as add_world_parsers
+    add_world_parsers(verbs)
 
     data = verbs.add_parser("data", help="generate data sets (gridworld maps with expert paths)")
     kinds = data.add_subparsers(dest="kind", required=True)

@@ -127,10 +127,12 @@ def windows(data: dict[str, Tensor], k: int) -> Tensor:
 
 
 def concat_transitions(first: dict[str, Tensor], second: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rows of `second` after those of `first` (same entries); episode ids of `second` shifted past `first`'s."""
+    """Rows of `second` after those of `first` (same entries); episode ids of `second` are shifted
+    past `first`'s when they would overlap."""
     if set(first) != set(second):
         raise TransitionsError(f"cannot join transitions with entries {sorted(first)} and {sorted(second)}")
     out = {k: torch.cat([first[k], second[k]]) for k in first}
     if "episode" in first:
-        out["episode"] = torch.cat([first["episode"], second["episode"] + first["episode"].max() + 1])
+        shift = max(0, int(first["episode"].max()) + 1 - int(second["episode"].min()))
+        out["episode"] = torch.cat([first["episode"], second["episode"] + shift])
     return out

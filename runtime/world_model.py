@@ -22,7 +22,7 @@ member's mean prediction instead of the ensemble mean (PETS' TS∞).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -81,6 +81,7 @@ class WorldModel(nn.Module):
         self.register_buffer("out_std", torch.ones(state))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.member_index: Optional[Tensor] = None
+        self._order: Optional[Tensor] = None       # rows sorted by member, when the assignment is balanced
 
     # ------------------------------------------------------------------ features and targets
     def features(self, s: Tensor, c: Tensor) -> Tensor:
@@ -116,7 +117,7 @@ class WorldModel(nn.Module):
         self.fitted.fill_(True)
 
     # ------------------------------------------------------------------ prediction
-    def normalized(self, s: Tensor, c: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def normalized(self, s: Tensor, c: Tensor, with_logvar: bool = True) -> tuple[Tensor, Optional[Tensor]]:
         """Per member, in normalized target units: mean (M, B, n) and log-variance (M, B, n) (None
         for a deterministic model). s (B, n) feeds every member; s (M, B, n) gives member k its own
         s[k] (c (B, r) is shared)."""
@@ -125,18 +126,25 @@ class WorldModel(nn.Module):
         h = (self.features(s, c) - self.in_mean) / self.in_std
         if h.dim() == 2:
             h = h.unsqueeze(0).expand(self.members, -1, -1)
+        return self._heads(h, with_logvar)
+
+    def _heads(self, h: Tensor, with_logvar: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        """The members' networks on normalized features h (M, B, F): mean and log-variance (M, B, n)
+        (None for a deterministic model or when `with_logvar` is false)."""
         for layer in self.layers:
             h = self.act(layer(h))
         out = self.head(h)
         if not self.probabilistic:
             return out, None
         mean, raw = out.split(self.state, dim=-1)
+        if not with_logvar:
+            return mean, None
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw)
         return mean, self.min_logvar + F.softplus(logvar - self.min_logvar)
 
     def members_next(self, s: Tensor, c: Tensor) -> Tensor:
         """Every member's mean next state (M, B, n), from s (B, n) or per member s (M, B, n)."""
-        mean, _ = self.normalized(s, c)
+        mean, _ = self.normalized(s, c, with_logvar=False)
         y = self.out_mean + self.out_std * mean
         if not self.residual:
             return y
@@ -144,24 +152,35 @@ class WorldModel(nn.Module):
 
     def forward(self, s: Tensor, c: Tensor) -> Tensor:
         """The next state (B, n): the members' mean, or under `sampling` each row's own member."""
-        nexts = self.members_next(s, c)
         if self.member_index is None:
-            return nexts.mean(0)
-        index = self.member_index
-        if index.shape[0] != s.shape[0]:
-            raise ValueError(f"trajectory sampling assigns {index.shape[0]} rows to members, the batch has {s.shape[0]}")
-        return nexts[index.to(s.device), torch.arange(s.shape[0], device=s.device)]
+            return self.members_next(s, c).mean(0)
+        index, order = self.member_index, self._order
+        B, M = s.shape[0], self.members
+        if index.shape[0] != B:
+            raise ValueError(f"trajectory sampling assigns {index.shape[0]} rows to members, the batch has {B}")
+        if order is None:                       # unbalanced: every member on every row, then pick
+            return self.members_next(s, c)[index.to(s.device), torch.arange(B, device=s.device)]
+        order = order.to(s.device)              # balanced: row groups of B/M, one per member
+        h = ((self.features(s, c) - self.in_mean) / self.in_std)[order].reshape(M, B // M, -1)
+        mean, _ = self._heads(h, with_logvar=False)
+        y = (self.out_mean + self.out_std * mean).reshape(B, -1)
+        y = torch.empty_like(y).index_copy_(0, order, y)
+        return s + y if self.residual else y
 
     @contextmanager
     def sampling(self, member_index: Tensor) -> Iterator[None]:
         """Within the block, row b of a batch follows member member_index[b] ((B,) integers in [0, M))."""
         if member_index.dim() != 1 or bool(((member_index < 0) | (member_index >= self.members)).any()):
             raise ValueError(f"member_index must be (B,) integers in [0, {self.members})")
-        previous, self.member_index = self.member_index, member_index
+        counts = torch.bincount(member_index, minlength=self.members)
+        balanced = bool((counts == member_index.shape[0] // self.members).all())
+        previous = self.member_index, self._order
+        self.member_index = member_index
+        self._order = torch.argsort(member_index, stable=True) if balanced else None
         try:
             yield
         finally:
-            self.member_index = previous
+            self.member_index, self._order = previous
 
     # ------------------------------------------------------------------ losses
     def member_losses(self, s: Tensor, c: Tensor, s_next: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,3 +200,22 @@ class WorldModel(nn.Module):
         if not self.probabilistic:
             return self.in_mean.new_zeros(())
         return 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+
+
+def member_assignment(samples: int, members: int, seed: int, device=None) -> Tensor:
+    """(samples,) the member each of K samples follows: 0..M-1 repeated, shuffled by `seed`
+    (balanced: every member gets ⌊K/M⌋ or ⌈K/M⌉ samples; the same seed, the same assignment)."""
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed))
+    return (order % members).to(device)
+
+
+@contextmanager
+def trajectory_sampling(models: Sequence[WorldModel], batch: int, samples: int, seed: int) -> Iterator[None]:
+    """Within the block, rows b*K + k of a (B*K)-row batch follow member assignment[k] of each
+    ensemble in `models` (PETS' TS∞: a sample keeps its member along the horizon)."""
+    with ExitStack() as stack:
+        for model in models:
+            if model.members > 1:
+                index = member_assignment(samples, model.members, seed, model.in_mean.device)
+                stack.enter_context(model.sampling(index.repeat(batch)))
+        yield

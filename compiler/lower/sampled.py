@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from compiler.evaluate import Env
+from runtime.world_model import WorldModel, trajectory_sampling
 
 
 class SampledCallables:
@@ -28,6 +29,8 @@ class SampledCallables:
     def rebind(self, env: Env, like: torch.Tensor) -> None:
         """Use the values of another call (same batch size)."""
         self.env, self.like = env, like
+        self._ensembles = [v for v in env.values() if isinstance(v, WorldModel) and v.members > 1]
+        self._seed = int(self.lowered.info.options.get("seed", 0))
         self._dynamics: dict[int, Callable] = {}
         self._stage: dict[int, Callable] = {}
         self._final: dict[int, Callable] = {}
@@ -49,10 +52,14 @@ class SampledCallables:
         self._stage[repeats] = self.lowered.stage_costs_of(self._repeated(repeats), self.like)
 
     def dynamics(self, x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
+        """With K > 1 samples, each sample follows one member of every world-model ensemble
+        (trajectory sampling, seeded by the solver's `seed`); K = 1 (the plan itself) uses the
+        members' mean."""
         B, K, n = x.shape
         if K not in self._dynamics:
             self._bind(K)
-        return self._dynamics[K](x.reshape(B * K, n), u.reshape(B * K, -1)).reshape(B, K, n)
+        with trajectory_sampling(self._ensembles if K > 1 else [], B, K, self._seed):
+            return self._dynamics[K](x.reshape(B * K, n), u.reshape(B * K, -1)).reshape(B, K, n)
 
     def stage_cost(self, x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
         lead = x.shape[:-1]

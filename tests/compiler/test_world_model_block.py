@@ -3,17 +3,15 @@ inputs, fitting from a transitions file (`loss model`) with checkpoints, and gra
 world-model dynamics in ilqr, descent and mppi against central finite differences (float64)."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 import planlang
 from planlang.errors import PlanError
-from planlang.training import save_weights
 from runtime.training import TrainConfig
 from runtime.transitions import TransitionsError
+from runtime.world_model import member_assignment
 
 torch.set_num_threads(1)
 
@@ -201,3 +199,22 @@ def test_gradients_through_world_model_dynamics_match_finite_differences(solver)
         fd_m = float((loss(m + h) - loss(m - h)) / (2 * h))
     assert float((g_weight * direction).sum()) == pytest.approx(fd_weight, rel=1e-4, abs=1e-7)
     assert float(g_m) == pytest.approx(fd_m, rel=1e-4, abs=1e-7)
+
+
+def test_sampling_planners_propagate_samples_through_seeded_random_members():
+    module = _fitted(plan_text("ensemble", "mppi(samples=8, iters=1, seed=3)"))
+    block = module.blocks["dyn"]
+    env, x0, like = module.bind({})
+    problem = module.backend._problem(env, like, 1)
+    x = x0.unsqueeze(1).expand(1, 8, 2) + torch.linspace(-1, 1, 8, dtype=torch.float64)[None, :, None]
+    u = torch.linspace(-2, 2, 8, dtype=torch.float64).reshape(1, 8, 1)
+    c = torch.cat([u[0], torch.ones(8, 2, dtype=torch.float64)], 1)           # u, m, l
+    members = block.members_next(x[0], c)                                     # (M, K, n)
+    nxt = problem.dynamics(x, u, 0)
+    index = member_assignment(8, 2, seed=3)
+    torch.testing.assert_close(nxt[0], members[index, torch.arange(8)])
+    assert not torch.allclose(nxt[0], members.mean(0))
+    one = problem.dynamics(x[:, :1], u[:, :1], 0)                             # the plan itself: the mean
+    torch.testing.assert_close(one[0], members[:, :1].mean(0))
+    first, again = module(), module()
+    torch.testing.assert_close(first.u, again.u, rtol=0, atol=0)

@@ -10,7 +10,7 @@ import torch
 
 from runtime.losses import ModelLoss
 from runtime.transitions import TransitionsError, load_transitions, save_transitions, windows
-from runtime.world_model import WorldModel, wrap_angle
+from runtime.world_model import WorldModel, member_assignment, trajectory_sampling, wrap_angle
 
 torch.set_num_threads(1)
 
@@ -48,6 +48,25 @@ def test_trajectory_sampling_rows_follow_their_member():
     with pytest.raises(ValueError, match="member_index"):
         with wm.sampling(torch.tensor([3])):
             pass
+
+
+def test_member_assignment_is_balanced_and_seeded():
+    index = member_assignment(10, 3, seed=4)
+    assert index.shape == (10,) and sorted(torch.bincount(index, minlength=3).tolist()) == [3, 3, 4]
+    torch.testing.assert_close(index, member_assignment(10, 3, seed=4))
+    assert not torch.equal(index, member_assignment(10, 3, seed=5))
+
+
+def test_trajectory_sampling_tiles_the_assignment_over_the_batch():
+    wm, single = model(), model(members=1, probabilistic=False)
+    B, K = 2, 4
+    s, c = torch.randn(B * K, 2, dtype=torch.float64), torch.randn(B * K, 2, dtype=torch.float64)
+    with trajectory_sampling([wm, single], B, K, seed=1):
+        picked, plain = wm(s, c), single(s, c)
+    index = member_assignment(K, 3, seed=1).repeat(B)             # row b*K + k -> member of sample k
+    torch.testing.assert_close(picked, wm.members_next(s, c)[index, torch.arange(B * K)])
+    torch.testing.assert_close(plain, single(s, c))              # a single model is left alone
+    assert wm.member_index is None
 
 
 def test_gradcheck_of_the_mean_model_in_state_and_conditioning():
