@@ -205,7 +205,8 @@ def test_sampling_planners_propagate_samples_through_seeded_random_members():
     module = _fitted(plan_text("ensemble", "mppi(samples=8, iters=1, seed=3)"))
     block = module.blocks["dyn"]
     env, x0, like = module.bind({})
-    problem = module.backend._problem(env, like, 1)
+    problem, _ = module.backend._planner(env, like, 1)       # the sampled callables of the planner
+    problem.rebind(env, like)
     x = x0.unsqueeze(1).expand(1, 8, 2) + torch.linspace(-1, 1, 8, dtype=torch.float64)[None, :, None]
     u = torch.linspace(-2, 2, 8, dtype=torch.float64).reshape(1, 8, 1)
     c = torch.cat([u[0], torch.ones(8, 2, dtype=torch.float64)], 1)           # u, m, l
