@@ -3,7 +3,7 @@
     train {
       data "demos.npz"                          # demonstrations (relative to the plan file)
       loss imitation                            # | max_margin(margin=1) | nll(negatives=langevin(steps=20))
-      optimizer adam(lr=1e-2)                   # | sgd(lr=...)
+      optimizer adam(lr=1e-2)                   # | sgd(lr=...) | rmsprop(lr=2e-3)
       epochs 200
       batch 32
       validation 0.2
@@ -14,7 +14,9 @@
       dagger_steps 10                           # closed-loop steps rolled out per round
     }
 
-The result is a dict of `runtime.training.TrainConfig` fields.
+The result is a dict of `runtime.training.TrainConfig` fields. Grid plans (`solve vin`) take
+`data` from `planlang data gridworld` and learn by `loss imitation` (cross-entropy on the expert's
+actions); their defaults are the VIN paper's (`planlang.training.GRID_TRAIN_DEFAULTS`).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ LOSS = Variant({
     "nll": Schema(negatives=Option(NEGATIVES, NEGATIVES.parse_default("langevin")), samples=Option(_INT, 8),
                   temperature=Option(_POS, 1.0)),
 })
-OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)), "sgd": Schema(lr=Option(_POS, 1e-2))})
+OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)), "sgd": Schema(lr=Option(_POS, 1e-2)),
+                     "rmsprop": Schema(lr=Option(_POS, 2e-3))})
 SETTINGS = {
     "data": Text(), "loss": LOSS, "optimizer": OPTIMIZER, "epochs": Number(integer=True, minimum=0),
     "batch": _INT, "validation": Number(minimum=0, maximum=0.99), "seed": Number(integer=True, minimum=0),

@@ -35,6 +35,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -45,7 +46,8 @@ from torch import Tensor, nn
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[Tensor, Mapping[str, object]]]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+              "rmsprop": partial(torch.optim.RMSprop, eps=1e-6)}   # eps of the VIN paper's port
 
 
 @dataclass
@@ -53,7 +55,7 @@ class TrainConfig:
     """Everything a training run needs to be reproducible.
 
     loss / loss_options: the loss by name and its options (see `runtime.losses.LOSSES`);
-    optimizer: `adam` or `sgd` with learning rate `lr`; epochs; batch: examples per optimizer step
+    optimizer: `adam`, `sgd` or `rmsprop` (eps 1e-6) with learning rate `lr`; epochs; batch: examples per optimizer step
     (the global batch across processes); validation: the fraction of the data held out (0: none);
     seed; patience: stop after this many epochs without improving the validation metric (None:
     never); checkpoint / log / plot: paths written by the default callbacks (None: not written);
