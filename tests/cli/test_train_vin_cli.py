@@ -3,6 +3,7 @@
 -> the checkpoint loads with `planlang.compile(plan, weights=)` and `planlang run --weights`."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import planlang
+from planlang import cli_train
 from planlang.cli import main as planlang_main
 from planlang.training import GRID_TRAIN_DEFAULTS, CheckpointError, plan_train_config, read_checkpoint
 from runtime.demos import DemoError
@@ -90,6 +92,14 @@ def test_the_train_block_of_a_grid_plan():
     bare = planlang.loads(PLAN.read_text().split("train {")[0])
     defaults = plan_train_config(bare)
     assert {k: getattr(defaults, k) for k in GRID_TRAIN_DEFAULTS} == GRID_TRAIN_DEFAULTS
+
+
+def test_the_command_line_reads_the_blocks_data_path_relative_to_the_plan(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    parser = argparse.ArgumentParser()
+    cli_train.add_parsers(parser.add_subparsers())
+    args = parser.parse_args(["train", "examples/vin_8x8.plan"])
+    assert cli_train.train_config(planlang.load(args.file), args).data == str(Path("examples") / "gridworld_8x8.npz")
 
 
 def test_data_that_does_not_fit_the_plan_is_refused(tiny, tmp_path, capsys):
