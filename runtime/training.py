@@ -325,6 +325,7 @@ class Trainer:
         self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.epoch, self.target_epoch, self.history, self.should_stop = 0, config.epochs, [], False
+        self.record_extra: dict = {}       # merged into every epoch's record (e.g. DAgger's round)
         step = _LossModule(model, loss)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -349,7 +350,8 @@ class Trainer:
             if validation is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(validation).items()})
             self.epoch += 1
-            record.update(epoch=self.epoch, time_s=seconds, examples_per_s=batch_size(train) / max(seconds, 1e-9))
+            record.update(epoch=self.epoch, time_s=seconds, examples_per_s=batch_size(train) / max(seconds, 1e-9),
+                          **self.record_extra)
             self.history.append(record)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
@@ -451,8 +453,7 @@ def fit_dagger(trainer: Trainer, data: Batch, collect: Collector, rounds: int,
         if round_ > 0:
             with torch.no_grad():
                 aggregated = concat(aggregated, collect(trainer.model, data))
-        first = len(trainer.history)
+        trainer.record_extra = {"round": round_, "examples": batch_size(aggregated)}
         trainer.fit(aggregated, validation, epochs=trainer.config.epochs)
-        for record in trainer.history[first:]:
-            record.update(round=round_, examples=batch_size(aggregated))
+    trainer.record_extra = {}
     return trainer.history, aggregated
