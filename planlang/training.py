@@ -216,8 +216,9 @@ def dagger_collector(teacher, steps: int) -> Callable:
 # ------------------------------------------------------------------------ grid plans
 
 GRID_TRAIN_DEFAULTS = {"optimizer": "rmsprop", "lr": 2e-3, "batch": 12, "epochs": 30, "validation": 0.0}
-"""`planlang train` defaults of a grid plan: the VIN paper's PyTorch port (RMSprop, eps 1e-6, lr
-0.002 (0.005 at 8x8), 12 maps per step, 30 epochs, all maps trained on)."""
+"""`planlang train` defaults of a grid plan, those of the VIN paper's PyTorch port: RMSprop (eps
+1e-6) at lr 0.002 (the port's 16x16 and 28x28 rate; examples/vin_8x8.plan sets its 0.005), 12 maps
+per step, 30 epochs, every map trained on. A train block's settings override them."""
 
 
 def load_gridworld(path: str | Path) -> GridworldData:
@@ -247,6 +248,7 @@ def grid_examples(module, data: GridworldData, where: str) -> dict[str, Tensor]:
 
 
 def _grid_loss(config: TrainConfig):
+    """The `(model, batch)` loss of a grid plan: imitation of the expert's actions by its network."""
     if config.loss != "imitation":
         raise ValueError(f"a grid plan learns by imitation (cross-entropy on the expert's actions); "
                          f"loss {config.loss} is for trajectory plans")
