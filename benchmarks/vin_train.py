@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+import planlang
+from planlang.training import read_checkpoint
 from runtime.gridworld import GridworldData, generate
 from runtime.vin import VIN, load_vin
 from runtime.vin_training import ExpertTensors, TrainSettings, evaluate_vin, train_vin
@@ -37,6 +39,18 @@ def dataset(size: int, maps: int, seed: int, cache: Path) -> tuple[GridworldData
     cache.mkdir(parents=True, exist_ok=True)
     data.save(path)
     return data, seconds
+
+
+def evaluated_model(checkpoint: Path, plan: Path | None) -> tuple[VIN, dict]:
+    """The VIN of a raw checkpoint of this script, or of a planlang checkpoint of `plan`, and its
+    training record (the last epoch's, for `planlang train` checkpoints)."""
+    if plan is None:
+        raw = torch.load(checkpoint, map_location="cpu")
+        return load_vin(raw["state_dict"], raw["config"]), raw["training"]
+    module = planlang.compile(planlang.load(plan), weights=checkpoint)
+    state = read_checkpoint(checkpoint, planlang.load(plan))
+    history = state.get("history") or [{}]
+    return module.planner, state.get("training", history[-1])
 
 
 def main() -> None:
@@ -61,17 +75,18 @@ def main() -> None:
                              "at a lower learning rate as the paper's schedule does")
     parser.add_argument("--evaluate", type=Path, metavar="CKPT",
                         help="only evaluate this checkpoint on the held-out maps (e.g. one saved mid-training)")
+    parser.add_argument("--plan", type=Path, metavar="PLAN",
+                        help="with --evaluate: CKPT is a planlang checkpoint of this plan (`planlang train -o`)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.evaluate is not None:
-        checkpoint = torch.load(args.evaluate, map_location="cpu")
+        model, training = evaluated_model(args.evaluate, args.plan)
         test_data, _ = dataset(args.size, args.test_maps, 2 * args.seed + 1, args.cache)
         began = time.perf_counter()
-        result = evaluate_vin(load_vin(checkpoint["state_dict"], checkpoint["config"]).to(args.device), test_data,
-                              device=args.device)
-        print(json.dumps(dict(checkpoint=str(args.evaluate), training=checkpoint["training"], held_out=result,
-                              eval_seconds=time.perf_counter() - began)), flush=True)
+        result = evaluate_vin(model.to(args.device), test_data, device=args.device)
+        print(json.dumps(dict(checkpoint=str(args.evaluate), training=training, held_out=result,
+                              eval_seconds=time.perf_counter() - began), default=str), flush=True)
         return
 
     train_data, train_gen_s = dataset(args.size, args.train_maps, 2 * args.seed, args.cache)

@@ -4,7 +4,7 @@
       data "demos.npz"                          # demonstrations (relative to the plan file)
       loss imitation                            # | max_margin(margin=1) | nll(negatives=langevin(steps=20))
                                                 # | model(steps=3, multistep_weight=1): fit a world_model block
-      optimizer adam(lr=1e-2)                   # | sgd(lr=...)
+      optimizer adam(lr=1e-2)                   # | sgd(lr=..., momentum=0) | rmsprop(lr=2e-3)
       epochs 200
       batch 32
       validation 0.2
@@ -17,7 +17,9 @@
       task_free false                           # true: the methods are not told where tasks end
     }
 
-The result is a dict of `runtime.training.TrainConfig` fields.
+The result is a dict of `runtime.training.TrainConfig` fields. Grid plans (`solve vin`) take
+`data` from `planlang data gridworld` and learn by `loss imitation` (cross-entropy on the expert's
+actions); their defaults are the VIN paper's (`planlang.training.GRID_TRAIN_DEFAULTS`).
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ LOSS = Variant({
     "model": Schema(steps=Option(_INT, 3), multistep_weight=Option(Number(minimum=0), 1.0)),
 })
 OPTIMIZER = Variant({"adam": Schema(lr=Option(_POS, 1e-2)),
-                     "sgd": Schema(lr=Option(_POS, 1e-2), momentum=Option(Number(minimum=0), 0.0))})
+                     "sgd": Schema(lr=Option(_POS, 1e-2), momentum=Option(Number(minimum=0), 0.0)),
+                     "rmsprop": Schema(lr=Option(_POS, 2e-3))})
 SETTINGS = {
     "data": Text(), "loss": LOSS, "optimizer": OPTIMIZER, "epochs": Number(integer=True, minimum=0),
     "batch": _INT, "validation": Number(minimum=0, maximum=0.99), "seed": Number(integer=True, minimum=0),

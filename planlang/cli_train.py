@@ -2,7 +2,9 @@
 `add_parsers(verbs)`; each parser sets `handler`, which returns the exit code).
 
     planlang demos TEACHER.plan --n 64 --noise 0.05 --seed 0 -o demos.npz [--range x=-2:2]
-    planlang train FILE [--data demos.npz] [-o CKPT] [--resume CKPT] [--plot PNG] [--json LOG] [--nproc N]
+    planlang train FILE [--data demos.npz] [-o CKPT] [--resume CKPT | --init CKPT] [--plot PNG] [--json LOG] [--nproc N]
+
+A grid plan (`solve vin`) trains on a `planlang data gridworld` file instead of demonstrations.
 
 Library code raises; these handlers print a short summary. Errors (PlanError, bad data, a
 checkpoint for another plan) propagate to `planlang.cli.main`, which renders them.
@@ -40,6 +42,9 @@ def add_parsers(verbs) -> None:
     train.add_argument("--data", type=Path, help="demonstrations .npz (default: the train block's data)")
     train.add_argument("-o", "--output", type=Path, metavar="CKPT", help="write the checkpoint here")
     train.add_argument("--resume", type=Path, metavar="CKPT", help="continue from this checkpoint")
+    train.add_argument("--init", type=Path, metavar="CKPT",
+                       help="start from this checkpoint's weights (fresh optimizer and epoch count: "
+                            "a new stage of a learning-rate schedule)")
     train.add_argument("--plot", type=Path, metavar="PNG", help="plot the learning curves")
     train.add_argument("--json", type=Path, metavar="LOG", help="write the per-epoch log as JSON")
     train.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torch.distributed)")
@@ -48,9 +53,10 @@ def add_parsers(verbs) -> None:
     train.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="a loss option, e.g. --option margin=0.5 (repeatable)")
     for name, kind in (("epochs", int), ("batch", int), ("lr", float), ("seed", int), ("validation", float),
-                       ("patience", int), ("dagger-rounds", int)):
+                       ("patience", int), ("dagger-rounds", int), ("dagger-steps", int)):
         train.add_argument(f"--{name}", type=kind, help=f"override the train block's {name.replace('-', '_')}")
-    train.add_argument("--float32", action="store_true", help="train in float32 (default float64)")
+    train.add_argument("--float32", action="store_true",
+                       help="train in float32 (default float64; grid plans always train in float32)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
 
@@ -76,14 +82,15 @@ def run_demos(args) -> int:
 # ---------------------------------------------------------------------------- train
 
 def train_config(plan, args):
-    """The plan's train block (`planlang.training.plan_train_config`) with the command line's
-    overrides; a relative data path in the block is relative to the plan file."""
+    """The plan's train block (`planlang.training.plan_train_config`, where a relative data path is
+    relative to the plan file) with the command line's overrides."""
     from planlang.training import plan_train_config
 
     config = plan_train_config(plan)
     changes = {"checkpoint": args.output, "log": args.json, "plot": args.plot, "teacher": args.teacher,
                "loss": args.loss, "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-               "validation": args.validation, "patience": args.patience, "dagger_rounds": args.dagger_rounds}
+               "validation": args.validation, "patience": args.patience, "dagger_rounds": args.dagger_rounds,
+               "dagger_steps": args.dagger_steps}
     changes = {k: (str(v) if isinstance(v, Path) else v) for k, v in changes.items() if v is not None}
     if args.loss and args.loss != config.loss:
         changes["loss_options"] = {}
@@ -120,7 +127,8 @@ def run_train(args) -> int:
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     job = {"plan": str(args.file), "config": config.to_dict(), "resume": str(args.resume) if args.resume else None,
-           "dtype": "float32" if args.float32 else "float64"}
+           "init": str(args.init) if args.init else None,
+           "dtype": "float32" if args.float32 or _is_grid(plan) else "float64"}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         job["summary"] = str(Path(tmp) / "summary.json")
@@ -177,8 +185,14 @@ def run_stream(plan, config, args) -> int:
     return EXIT_OK
 
 
+def _is_grid(plan) -> bool:
+    return "grid" in plan.graph
+
+
 def _learned_text(learned: dict) -> str:
     def short(value) -> str:
+        if isinstance(value, str):
+            return value
         flat = torch.tensor(value, dtype=torch.float64).flatten().tolist()
         body = ", ".join(f"{v:.4g}" for v in flat[:6]) + (", ..." if len(flat) > 6 else "")
         return body if isinstance(value, float) else f"[{body}]"
@@ -195,13 +209,16 @@ def train_job(job: dict) -> None:
     from runtime.training import TrainConfig
 
     plan = planlang.load(job["plan"])
-    module = planlang.compile(plan, dtype=getattr(torch, job["dtype"]))
     config = TrainConfig(**job["config"])
+    torch.manual_seed(config.seed)              # a network's initial weights are drawn when compiled
+    module = planlang.compile(plan, dtype=getattr(torch, job["dtype"]))
     teacher = planlang.compile(planlang.load(config.teacher), dtype=module_dtype(module)) if config.teacher else None
-    history = train(module, config.data, config, plan=plan, teacher=teacher, resume=job["resume"])
+    history = train(module, config.data, config, plan=plan, teacher=teacher, resume=job["resume"], init=job["init"])
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     learned = {name: value.detach().cpu().tolist() for name, value in module.learned_values().items()}
+    if module.planner is not None:
+        learned[type(module.planner).__name__] = f"{sum(p.numel() for p in module.planner.parameters())} weights"
     Path(job["summary"]).write_text(json.dumps({"plan": module.plan_name, "history": history, "learned": learned}))
 
 

@@ -11,6 +11,7 @@ protocol; `PlanPlanner` implements it over a `PlanModule`.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -21,9 +22,11 @@ from planlang.ast import VarKind
 from planlang.errors import PlanError, SolveError
 from planlang.plan import Plan
 from runtime.demos import INPUT_PREFIX, DemoError, check_structure, load_demos
+from runtime.gridworld import GridworldData
 from runtime.losses import TrajectoryCost, as_model_loss, make_loss
 from runtime.training import (Callback, TrainConfig, Trainer, batch_size, default_callbacks, fit_dagger,
                               split)
+from runtime.vin_training import imitation_loss, map_batches
 
 CHECKPOINT_FORMAT = "planlang-checkpoint/1"
 DEFAULT_HALF_RANGE = 1.0       # random initial states: uniform in [default - 1, default + 1]
@@ -210,6 +213,48 @@ def dagger_collector(teacher, steps: int) -> Callable:
     return collect
 
 
+# ------------------------------------------------------------------------ grid plans
+
+GRID_TRAIN_DEFAULTS = {"optimizer": "rmsprop", "lr": 2e-3, "batch": 12, "epochs": 30, "validation": 0.0}
+"""`planlang train` defaults of a grid plan, those of the VIN paper's PyTorch port: RMSprop (eps
+1e-6) at lr 0.002 (the port's 16x16 and 28x28 rate; examples/vin_8x8.plan sets its 0.005), 12 maps
+per step, 30 epochs, every map trained on. A train block's settings override them."""
+
+
+def load_gridworld(path: str | Path) -> GridworldData:
+    """A `planlang data gridworld` file (`runtime.gridworld`); unreadable files raise DemoError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DemoError(f"{path}: no such grid-world data file")
+    try:
+        return GridworldData.load(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        reason = str(err).removeprefix(f"{path}: ")
+        raise DemoError(f"{path}: not a grid-world data set from `planlang data gridworld` ({reason})") from None
+
+
+def grid_examples(module, data: GridworldData, where: str) -> dict[str, Tensor]:
+    """`runtime.vin_training.map_batches` of `data` (one example per map) after checking it fits the
+    grid plan: map size H x W, and expert actions among the plan's `actions`."""
+    H, W = module.info.grid.shape
+    if tuple(data.maps.shape[1:]) != (H, W):
+        raise DemoError(f"{where}: maps of {data.maps.shape[1]} x {data.maps.shape[2]}; plan '{module.plan_name}' "
+                        f"is a {H} x {W} grid")
+    actions = module.info.grid.actions
+    if int(data.expert_actions.max(initial=-1)) >= actions:
+        raise DemoError(f"{where}: the expert moves in 8 directions; plan '{module.plan_name}' has actions {actions}")
+    witness = next(iter(module.parameters()))
+    return map_batches(data, dtype=witness.dtype, device=witness.device)
+
+
+def _grid_loss(config: TrainConfig):
+    """The `(model, batch)` loss of a grid plan: imitation of the expert's actions by its network."""
+    if config.loss != "imitation":
+        raise ValueError(f"a grid plan learns by imitation (cross-entropy on the expert's actions); "
+                         f"loss {config.loss} is for trajectory plans")
+    return lambda model, batch: imitation_loss(model.planner, batch)
+
+
 # ------------------------------------------------------------------------ checkpoints
 
 def plan_hash(plan_text: str) -> str:
@@ -277,14 +322,17 @@ def load_weights(module, path: str | Path, plan: Plan | str):
 
 def plan_train_config(plan: Plan) -> TrainConfig:
     """The plan's `train { ... }` block as a `TrainConfig` (checked with located errors by the
-    compiler's shapes pass, `compiler.train_block`); defaults without one. `data` and `teacher`
-    are relative to the plan file."""
+    compiler's shapes pass, `compiler.train_block`); defaults without one (a grid plan's:
+    `GRID_TRAIN_DEFAULTS`). `data` and `teacher` are relative to the plan file."""
     from compiler.pipeline import run_passes
 
     try:
-        fields = dict(run_passes(plan.graph, until="shapes").graph["plan_info"].train)
+        info = run_passes(plan.graph, until="shapes").graph["plan_info"]
     except PlanError as err:
         raise err.with_source(plan.source) from None
+    fields = dict(info.train)
+    if info.grid is not None:
+        fields = {**GRID_TRAIN_DEFAULTS, **fields}
     base = Path(plan.source.filename).parent
     for key in ("data", "teacher"):
         if fields.get(key) is not None:
@@ -295,42 +343,57 @@ def plan_train_config(plan: Plan) -> TrainConfig:
 
 
 
-def train(module, data: str | Path | Mapping[str, Tensor], config: Optional[TrainConfig] = None, *,
+def train(module, data: str | Path | Mapping[str, Tensor] | GridworldData, config: Optional[TrainConfig] = None, *,
           plan: Plan | str | None = None, teacher=None, resume: str | Path | None = None,
-          callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+          init: str | Path | None = None, callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
     """Train `module`'s learnables on demonstrations; returns the per-epoch history.
 
     data: a demonstrations `.npz` path or a dict in the same format (see `runtime.demos`), cast to
-    the module's dtype and device; with `config.loss == "model"` a transitions file or dict (see
-    `runtime.transitions`) fitting the plan's world-model block (`planlang.world_models`). plan: the plan (or its text) the module was compiled from;
-    needed to write or resume a checkpoint. teacher: a compiled teacher plan, needed for DAgger
-    (`config.dagger_rounds > 0`). resume: a checkpoint to continue from. callbacks: replaces
-    `runtime.training.default_callbacks(config)`. Under torch.distributed the run is data-parallel.
+    the module's dtype and device; for a grid plan (`solve vin`), a `planlang data gridworld` file
+    or `GridworldData` (one example per map, loss: cross-entropy on the expert's actions); with
+    `config.loss == "model"` a transitions file or dict (see `runtime.transitions`) fitting the
+    plan's world-model block (`planlang.world_models`). plan:
+    the plan (or its text) the module was compiled from; needed to write, resume or init from a
+    checkpoint. teacher: a compiled teacher plan, needed for DAgger (`config.dagger_rounds > 0`).
+    resume: a checkpoint to continue from (weights, optimizer, epoch, RNG). init: a checkpoint of
+    this plan whose weights only start the run (fresh optimizer, epoch 0: a new stage of a
+    learning-rate schedule). callbacks: replaces `runtime.training.default_callbacks(config)`.
+    Under torch.distributed the run is data-parallel. A VIN's initial weights are drawn when the
+    plan is compiled: seed torch before `planlang.compile` for a reproducible run.
     """
     config = config or TrainConfig()
     witness = next(iter(module.parameters()), None)
     if witness is None:
         raise ValueError(f"plan '{module.plan_name}' has no learnables: nothing to train")
-    if (config.checkpoint or resume) and plan is None:
-        raise ValueError("writing or resuming a checkpoint needs plan= (the plan's text is stored with the weights)")
+    if (config.checkpoint or resume or init) and plan is None:
+        raise ValueError("writing, resuming or initializing from a checkpoint needs plan= "
+                         "(the plan's text is stored with the weights)")
+    if resume and init:
+        raise ValueError("give resume (continue a run) or init (start from its weights), not both")
     state = read_checkpoint(resume, plan) if resume else None
+    if init:
+        load_weights(module, init, plan)
     if module.info.family == "joint" or config.loss == "classification":
         return _train_joint(module, data, config, plan, state, callbacks)
     if config.loss == "model":
         from planlang.world_models import fit_world_model
         return fit_world_model(module, data, config, callbacks=callbacks, state=state,
                                checkpoint_extra=checkpoint_extra(plan) if plan is not None else None)
-    if isinstance(data, (str, Path)):
-        demos = load_demos(data, dtype=witness.dtype)
-        where = str(data)
+    if module.info.family == "grid":
+        if config.dagger_rounds:
+            raise ValueError("DAgger is for trajectory plans; a grid plan's expert labels every state already")
+        loss = _grid_loss(config)
+        if isinstance(data, GridworldData):
+            demos = grid_examples(module, data, "grid-world data")
+        else:
+            demos = grid_examples(module, load_gridworld(data), str(data))
     else:
-        demos, where = {k: torch.as_tensor(v, dtype=witness.dtype) for k, v in data.items()}, "demonstrations"
-    demos = {k: v.to(witness.device) for k, v in check_demos(module, demos, where).items()}
+        loss = as_model_loss(make_loss(config.loss, config.loss_options), PlanPlanner)
+        demos = _trajectory_examples(module, data, witness)
     if config.dagger_rounds and teacher is None:
         raise ValueError("DAgger (dagger_rounds > 0) needs a teacher plan")
     if config.dagger_rounds and resume:
         raise ValueError("resuming a DAgger run is not supported (the aggregated data is not checkpointed)")
-    loss = as_model_loss(make_loss(config.loss, config.loss_options), PlanPlanner)
     if callbacks is None:
         callbacks = default_callbacks(config, checkpoint_extra(plan) if plan is not None else None)
     trainer = Trainer(module, loss, config, callbacks)
@@ -364,3 +427,14 @@ def _train_joint(module, data, config: TrainConfig, plan, state, callbacks) -> l
         trainer.load_state_dict(state)
     train_set, validation = split(batch, config.validation, config.seed)
     return trainer.fit(train_set, validation)
+
+
+def _trajectory_examples(module, data, witness: Tensor) -> dict[str, Tensor]:
+    """Demonstrations (a path or a dict) in the module's dtype and device, checked against the plan."""
+    if isinstance(data, (str, Path)):
+        demos, where = load_demos(data, dtype=witness.dtype), str(data)
+    elif isinstance(data, GridworldData):
+        raise DemoError(f"grid-world data are for grid plans; plan '{module.plan_name}' plans trajectories")
+    else:
+        demos, where = {k: torch.as_tensor(v, dtype=witness.dtype) for k, v in data.items()}, "demonstrations"
+    return {k: v.to(witness.device) for k, v in check_demos(module, demos, where).items()}

@@ -68,7 +68,7 @@ class GridworldData:
         with np.load(path) as data:
             missing = [k for k in (*_FIELDS, "meta") if k not in data]
             if missing:
-                raise ValueError(f"{path} is not a grid-world data set: missing {missing}")
+                raise ValueError(f"{path}: missing arrays {', '.join(missing)}")
             return cls(**{k: data[k] for k in _FIELDS}, meta=json.loads(str(data["meta"])))
 
     def state_action_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

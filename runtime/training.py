@@ -35,6 +35,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -45,7 +46,8 @@ from torch import Tensor, nn
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[Tensor, Mapping[str, object]]]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+              "rmsprop": partial(torch.optim.RMSprop, eps=1e-6)}   # eps of the VIN paper's port
 
 
 @dataclass
@@ -53,7 +55,7 @@ class TrainConfig:
     """Everything a training run needs to be reproducible.
 
     loss / loss_options: the loss by name and its options (see `runtime.losses.LOSSES`);
-    optimizer: `adam` or `sgd` with learning rate `lr`; epochs; batch: examples per optimizer step
+    optimizer: `adam`, `sgd` or `rmsprop` (eps 1e-6) with learning rate `lr`; epochs; batch: examples per optimizer step
     (the global batch across processes); validation: the fraction of the data held out (0: none);
     seed; patience: stop after this many epochs without improving the validation metric (None:
     never); checkpoint / log / plot: paths written by the default callbacks (None: not written);
@@ -345,6 +347,7 @@ class Trainer:
         self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, **extra)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.epoch, self.target_epoch, self.history, self.should_stop = 0, config.epochs, [], False
+        self.record_extra: dict = {}       # merged into every epoch's record (e.g. DAgger's round)
         step = _LossModule(model, loss)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -369,7 +372,8 @@ class Trainer:
             if validation is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(validation).items()})
             self.epoch += 1
-            record.update(epoch=self.epoch, time_s=seconds, examples_per_s=batch_size(train) / max(seconds, 1e-9))
+            record.update(epoch=self.epoch, time_s=seconds, examples_per_s=batch_size(train) / max(seconds, 1e-9),
+                          **self.record_extra)
             self.history.append(record)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
@@ -480,8 +484,7 @@ def fit_dagger(trainer: Trainer, data: Batch, collect: Collector, rounds: int,
         if round_ > 0:
             with torch.no_grad():
                 aggregated = concat(aggregated, collect(trainer.model, data))
-        first = len(trainer.history)
+        trainer.record_extra = {"round": round_, "examples": batch_size(aggregated)}
         trainer.fit(aggregated, validation, epochs=trainer.config.epochs)
-        for record in trainer.history[first:]:
-            record.update(round=round_, examples=batch_size(aggregated))
+    trainer.record_extra = {}
     return trainer.history, aggregated

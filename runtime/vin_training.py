@@ -65,6 +65,36 @@ class ExpertTensors(NamedTuple):
         return np.concatenate([np.arange(self.offsets[m], self.offsets[m + 1]) for m in maps])
 
 
+def map_batches(data: GridworldData, dtype=torch.float32, device=None) -> dict[str, Tensor]:
+    """The data set as one example per map, for `runtime.training.Trainer` (which batches maps):
+
+        occupancy (M, H, W) float, goal (M, 2) int64,
+        expert_states (M, P, 2) int64 and expert_actions (M, P) int64 with P = T * L the map's
+        (state, action) pairs, padded with -1 (T trajectories of at most L moves).
+    """
+    M = len(data.maps)
+    return {"occupancy": torch.as_tensor(data.maps, dtype=dtype, device=device),
+            "goal": torch.as_tensor(data.goals.astype(np.int64), device=device),
+            "expert_states": torch.as_tensor(data.expert_states[:, :, :-1].reshape(M, -1, 2).astype(np.int64),
+                                             device=device),
+            "expert_actions": torch.as_tensor(data.expert_actions.reshape(M, -1).astype(np.int64), device=device)}
+
+
+def imitation_loss(model: VIN, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Cross-entropy of the VIN's logits at every expert state of the batch's maps against the
+    expert's action, averaged over the (state, action) pairs; metric `accuracy`: the fraction of
+    pairs whose argmax is the expert's action. `batch` as made by `map_batches` (B maps):
+
+        L = -(1 / N) sum_{(b, s, a)} log softmax(fc(q_b[:, s]))_a,   N pairs with action a >= 0.
+    """
+    _, q = model.q_map(batch["occupancy"], batch["goal"])
+    valid = batch["expert_actions"] >= 0                                            # (B, P)
+    map_index = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)[valid]
+    logits = model.logits_at(q, map_index, batch["expert_states"][valid])           # (N, A)
+    target = batch["expert_actions"][valid]
+    return F.cross_entropy(logits, target), {"accuracy": (logits.argmax(1) == target).to(logits.dtype).mean()}
+
+
 def batch_loss(model: VIN, data: ExpertTensors, maps: np.ndarray) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy over the expert pairs of `maps`, and the number of correct argmax actions."""
     pairs = torch.as_tensor(data.pairs_of(maps), device=data.goal.device)

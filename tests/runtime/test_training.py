@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime.training import (Checkpoint, EarlyStopping, JsonLog, LearningCurves, TrainConfig, Trainer,
+from runtime.training import (Callback, Checkpoint, EarlyStopping, JsonLog, LearningCurves, TrainConfig, Trainer,
                               concat, default_callbacks, fit_dagger, split)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,9 +135,15 @@ def test_dagger_aggregates_collected_data_each_round():
         calls.append(len(original["x"]))
         return {k: v[:4] for k, v in original.items()}
 
-    trainer = Trainer(_model(), _mse, _config(epochs=2, validation=0))
+    class SeenRounds(Callback):          # what callbacks (e.g. the JSON log) see at each epoch's end
+        seen: list = []
+
+        def on_epoch_end(self, trainer, record):
+            self.seen.append(record.get("round"))
+
+    trainer = Trainer(_model(), _mse, _config(epochs=2, validation=0), [SeenRounds()])
     history, aggregated = fit_dagger(trainer, data, collect, rounds=2)
-    assert calls == [12, 12]
+    assert calls == [12, 12] and SeenRounds.seen == [0, 0, 1, 1, 2, 2]
     assert len(aggregated["x"]) == 20 and len(history) == 6
     assert [r["round"] for r in history] == [0, 0, 1, 1, 2, 2]
     assert [r["examples"] for r in history] == [12, 12, 16, 16, 20, 20]
