@@ -201,7 +201,8 @@ def _learned_text(learned: dict) -> str:
 
 def train_job(job: dict) -> None:
     """One training run (in this process, or in each process of a data-parallel group): compile the
-    plan, train, and (rank 0) write a summary JSON to job["summary"]."""
+    plan, train, and (rank 0) write a summary JSON to job["summary"]. job: "plan" (path), "config"
+    (TrainConfig fields), "dtype", "summary", and optionally "resume" and "init" (checkpoints)."""
     import torch.distributed as dist
 
     import planlang
@@ -213,7 +214,8 @@ def train_job(job: dict) -> None:
     torch.manual_seed(config.seed)              # a network's initial weights are drawn when compiled
     module = planlang.compile(plan, dtype=getattr(torch, job["dtype"]))
     teacher = planlang.compile(planlang.load(config.teacher), dtype=module_dtype(module)) if config.teacher else None
-    history = train(module, config.data, config, plan=plan, teacher=teacher, resume=job["resume"], init=job["init"])
+    history = train(module, config.data, config, plan=plan, teacher=teacher, resume=job.get("resume"),
+                    init=job.get("init"))
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     learned = {name: value.detach().cpu().tolist() for name, value in module.learned_values().items()}

@@ -27,6 +27,11 @@ from compiler.evaluate import Env
 from compiler.ir import STAGE, STAGE_INDEX, Op, VarRef
 
 
+def _is_stage(ref) -> bool:
+    """A stage value's key (env keys are VarRefs and blocks' `compiler.blocks.BlockRef`s)."""
+    return isinstance(ref, VarRef) and ref.kind is STAGE
+
+
 class StageValues:
     """The stage values a plan's expressions read, and how to bind them."""
 
@@ -51,7 +56,7 @@ class StageValues:
         read data with T+1 rows)."""
         T = self.horizon
         out = {ref: v.repeat_interleave(T, dim=0) if torch.is_tensor(v) and v.shape[0] == batch > 1 else v
-               for ref, v in env.items() if ref.kind is not STAGE}
+               for ref, v in env.items() if not _is_stage(ref)}
         for ref in self.refs:
             rows = self.table(ref, env, like)[:, shift:shift + T]
             if rows.shape[1] < T:          # too short for rows placed at x_{t+1}, which never read it
