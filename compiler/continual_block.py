@@ -17,13 +17,23 @@ state_dict.
 | `si` | c (required), xi=1e-3 | `SI` |
 | `distill` | temperature (none: regression, squared error), weight=1 | `Distill` |
 | `replay` | capacity (required), policy=reservoir \\| ring \\| class_balanced \\| experience_balanced, ratio=1, seed=0 | `Replay` |
+| `vcl` | beta=1, prior_sigma=1, init_sigma=0.1 | `VCL`; the block is a `bayes_mlp` |
+| `progressive` | (none) | `Progressive`; the block is a `ProgressiveMLP` |
+
+`vcl` and `progressive` are architecture methods: they decide how the block's layers are built
+(`build_block`), so they apply to `mlp` blocks only, one per block, and they need task
+boundaries (a train block with `task_free true` is refused).
 """
 from __future__ import annotations
 
+from torch import nn
+
+from compiler.blocks import BlockCallee
 from compiler.options import Number, Option, Schema, Structured, Symbol
 from planlang import ast
 from planlang.errors import Collector, did_you_mean
-from runtime.continual import ExampleBuffer, Plugins, distill, ewc, replay, si
+from runtime.continual import (ExampleBuffer, Plugins, ProgressiveMLP, bayes_mlp, distill, ewc, progressive, replay,
+                               si, vcl)
 
 _FLAG = Symbol(("false", "true"))
 _COUNT = Number(integer=True, minimum=1)
@@ -43,8 +53,13 @@ METHODS = {
                      policy=Option(Symbol(ExampleBuffer.POLICIES), "reservoir", "which examples are kept"),
                      ratio=Option(_NONNEG, 1.0, "replayed examples per new example"),
                      seed=Option(Number(integer=True, minimum=0), 0, "seed of the buffer's sampling")),
+    "vcl": Schema(beta=Option(_NONNEG, 1.0, "weight of KL(q || previous posterior) / N"),
+                  prior_sigma=Option(Number(minimum=1e-300), 1.0, "standard deviation of the first task's prior"),
+                  init_sigma=Option(Number(minimum=1e-300), 0.1, "initial standard deviation of the weights")),
+    "progressive": Schema(),
 }
 REQUIRED = {"ewc": "lambda", "si": "c", "replay": "capacity"}
+ARCHITECTURES = {"vcl": "Bayesian linear layers", "progressive": "a new column per task"}
 
 
 def continual_methods(decls: list[ast.ContinualDecl], blocks: dict, const, errors: Collector
@@ -62,11 +77,38 @@ def continual_methods(decls: list[ast.ContinualDecl], blocks: dict, const, error
                 errors.add(call.span, f"method '{call.func}' is given twice for block '{decl.block}'")
                 continue
             seen.add(call.func)
+            if call.func in ARCHITECTURES and not _architecture_fits(decl, call, blocks, seen, errors):
+                continue
             method = _method(call, const, errors)
             if method is not None:
                 methods.append(method)
         out[decl.block] = tuple(methods)
     return out
+
+
+def _architecture_fits(decl: ast.ContinualDecl, call: ast.Call, blocks: dict, seen: set, errors: Collector) -> bool:
+    """An architecture method builds the block's layers: an `mlp` block, one such method."""
+    kind = blocks[decl.block].kind.name
+    if kind != "mlp":
+        errors.add(call.span, f"{call.func} builds block '{decl.block}' with {ARCHITECTURES[call.func]}: "
+                   f"it needs an `mlp` block, not a `{kind}` block", "declare it with `block NAME = mlp(...)`")
+        return False
+    others = sorted(seen.intersection(ARCHITECTURES) - {call.func})
+    if others:
+        errors.add(call.span, f"{call.func} and {others[0]} both build block '{decl.block}': use one of them")
+        return False
+    return True
+
+
+def check_task_boundaries(decls: list[ast.ContinualDecl], train: dict, errors: Collector) -> None:
+    """Architecture methods act at task boundaries: a stream with `task_free true` is refused."""
+    if not train.get("task_free"):
+        return
+    for decl in decls:
+        for call in decl.methods:
+            if call.func in ARCHITECTURES:
+                errors.add(call.span, f"{call.func} needs task boundaries, and the train block says `task_free true`",
+                           "set `task_free false`, or use replay / online ewc for a task-free stream")
 
 
 def _method(call: ast.Call, const, errors: Collector) -> Structured | None:
@@ -99,6 +141,25 @@ def build_plugins(methods: tuple[Structured, ...]) -> Plugins:
             plugins.append(distill(a["temperature"], a["weight"]))
         elif method.name == "replay":
             plugins.append(replay(a["capacity"], a["policy"], a["ratio"], a["seed"]))
+        elif method.name == "vcl":
+            plugins.append(vcl(a["beta"]))
+        elif method.name == "progressive":
+            plugins.append(progressive())
         else:
             raise ValueError(f"unknown continual method '{method.name}' (methods: {', '.join(METHODS)})")
     return Plugins(plugins)
+
+
+def build_block(callee: BlockCallee, methods: tuple[Structured, ...]) -> nn.Module:
+    """The block's module: its kind's, unless an architecture method builds it (an `mlp` block,
+    checked by `continual_methods`): `vcl` -> `bayes_mlp` (mean-field Gaussian weights),
+    `progressive` -> `ProgressiveMLP` (one column to start, a column added per task)."""
+    architecture = next((m for m in methods if m.name in ARCHITECTURES), None)
+    if architecture is None:
+        return callee.build()
+    o = callee.options
+    zero_last = o["init"] == "zero"
+    if architecture.name == "vcl":
+        a = architecture.args
+        return bayes_mlp((o["in"], *o["hidden"], o["out"]), a["prior_sigma"], a["init_sigma"], o["act"], zero_last)
+    return ProgressiveMLP(o["in"], o["hidden"], o["out"], o["act"], zero_last)

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from runtime.training import Callback, Trainer, TrainConfig
+from runtime.neural import ACTIVATIONS
+from runtime.training import Callback, Trainer, TrainConfig, seed_everything
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 """Per-example loss: (outputs (B, ...), targets (B, ...)) -> (B,)."""
@@ -112,7 +113,10 @@ class ContinualPlugin(nn.Module):
 
     Subclasses create buffers with `_set(name, tensor)`; `load_state_dict` creates or
     resizes any buffer the state_dict names, so a fresh plugin resumes a saved stream.
+    `needs_boundaries`: the method cannot run task-free (it acts at task boundaries only).
     """
+
+    needs_boundaries = False
 
     def before_training_exp(self, model: nn.Module, task: TaskData) -> None:
         """Called when an experience starts, with its whole training data."""
@@ -172,6 +176,10 @@ class Plugins(ContinualPlugin):
 
     def __add__(self, other: ContinualPlugin) -> "Plugins":
         return Plugins([self, other])
+
+    @property
+    def needs_boundaries(self) -> bool:
+        return any(plugin.needs_boundaries for plugin in self.plugins)
 
     def before_training_exp(self, model, task):
         for plugin in self.plugins:
@@ -656,14 +664,19 @@ class BayesLinear(nn.Module):
                 F.softplus(getattr(self, f"{name}_rho")).detach())
 
 
-def bayes_mlp(sizes: Sequence[int], prior_sigma: float = 1.0, init_sigma: float = 0.1
-              ) -> nn.Sequential:
-    """An MLP of `BayesLinear` layers with ReLU between them, sizes = (in, hidden..., out)."""
+def bayes_mlp(sizes: Sequence[int], prior_sigma: float = 1.0, init_sigma: float = 0.1,
+              act: str = "relu", zero_last: bool = False) -> nn.Sequential:
+    """An MLP of `BayesLinear` layers with `act` (a `runtime.neural.ACTIVATIONS` name) between
+    them, sizes = (in, hidden..., out); `zero_last` starts the output layer's means at 0."""
     layers: List[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if i:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[act]())
         layers.append(BayesLinear(fan_in, fan_out, prior_sigma, init_sigma))
+    if zero_last:
+        with torch.no_grad():
+            layers[-1].weight_mu.zero_()
+            layers[-1].bias_mu.zero_()
     return nn.Sequential(*layers)
 
 
@@ -711,29 +724,44 @@ class ProgressiveMLP(nn.Module):
     """Progressive columns (Rusu 2016): column k is an MLP whose layer l also reads, through
     lateral linear maps, layer l-1 of every earlier (frozen) column:
 
-        h^k_l = relu(W^k_l h^k_{l-1} + sum_{j<k} U^{k,j}_l h^j_{l-1}),   h^k_0 = x (B, in)
+        h^k_l = act(W^k_l h^k_{l-1} + sum_{j<k} U^{k,j}_l h^j_{l-1}),   h^k_0 = x (B, in)
 
     The output is column `active`'s last layer (B, out). Earlier columns never change, so the
-    tasks they learned are not forgotten; inference needs the task index.
+    tasks they learned are not forgotten; inference needs the task index. `act` is a
+    `runtime.neural.ACTIVATIONS` name; `zero_last` starts each new column's output at 0.
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, act: str = "relu",
+                 zero_last: bool = False):
         super().__init__()
         self.sizes = (in_features, *hidden, out_features)
+        self.act = ACTIVATIONS[act]()
+        self.zero_last = zero_last
         self.columns = nn.ModuleList()
         self.laterals = nn.ModuleList()
         self.register_buffer("active", torch.zeros((), dtype=torch.long))
         self.add_column()
 
     def add_column(self) -> None:
-        """Freeze every column, add a new trainable one and make it active."""
+        """Freeze every column, add a new trainable one (on the device and dtype of the first)
+        and make it active."""
+        like = next(self.parameters(), None)
         for p in self.parameters():
             p.requires_grad_(False)
         k = len(self.columns)
         pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
-        self.columns.append(nn.ModuleList(nn.Linear(a, b) for a, b in pairs))
-        self.laterals.append(nn.ModuleList(
-            nn.Linear(a * k, b, bias=False) for a, b in pairs[1:]) if k else nn.ModuleList())
+        column = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
+        laterals = nn.ModuleList(nn.Linear(a * k, b, bias=False) for a, b in pairs[1:]) if k else nn.ModuleList()
+        if self.zero_last:
+            for layer in (column[-1], *laterals[-1:]):
+                nn.init.zeros_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        if like is not None:
+            column.to(like)
+            laterals.to(like)
+        self.columns.append(column)
+        self.laterals.append(laterals)
         self.active.fill_(k)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -744,7 +772,7 @@ class ProgressiveMLP(nn.Module):
                 z = layer(h)
                 if l > 0 and k > 0:
                     z = z + self.laterals[k][l - 1](torch.cat([hidden[j][l] for j in range(k)], -1))
-                h = torch.relu(z) if l < len(self.columns[k]) - 1 else z
+                h = self.act(z) if l < len(self.columns[k]) - 1 else z
                 inputs.append(h)
             hidden.append(inputs)
         return hidden[-1][-1]
@@ -760,22 +788,32 @@ class ProgressiveMLP(nn.Module):
 
 
 class Progressive(ContinualPlugin):
-    """Adds a column to a `ProgressiveMLP` for every experience after the first, and selects
-    the column of the task being evaluated (needs task indices; not task-free)."""
+    """Adds a column to the model's `ProgressiveMLP` (the model or one of its submodules) for
+    every experience after the first, and selects the column of the task being evaluated
+    (needs task indices; not task-free)."""
+
+    needs_boundaries = True
 
     def before_training_exp(self, model, task):
-        if not isinstance(model, ProgressiveMLP):
-            raise ValueError("progressive needs a ProgressiveMLP model")
         if task.task is None:
             raise ValueError("progressive needs task indices (it is not task-free)")
-        while len(model.columns) <= task.task:
-            model.add_column()
-        model.active.fill_(task.task)
+        network = _progressive(model)
+        while len(network.columns) <= task.task:
+            network.add_column()
+        network.active.fill_(task.task)
 
     def before_eval_exp(self, model, task):
         if task.task is None:
             raise ValueError("progressive needs the task index to evaluate")
-        model.active.fill_(min(task.task, len(model.columns) - 1))
+        network = _progressive(model)
+        network.active.fill_(min(task.task, len(network.columns) - 1))
+
+
+def _progressive(model: nn.Module) -> ProgressiveMLP:
+    found = [m for m in model.modules() if isinstance(m, ProgressiveMLP)]
+    if len(found) != 1:
+        raise ValueError(f"progressive needs a model with one ProgressiveMLP (it has {len(found)})")
+    return found[0]
 
 
 def progressive() -> Progressive:
@@ -826,11 +864,16 @@ def train_experience(model: nn.Module, data: TaskData, plugins: ContinualPlugin,
     """Train on one experience with the shared `Trainer` (a new optimizer per experience,
     `config.epochs` epochs of minibatches of `config.batch`, shuffled with the seed
     `1000 * config.seed + task`; no validation split, no early stopping). Task-free skips the
-    boundary callbacks and hides the task index. Returns the Trainer's per-epoch history."""
+    boundary callbacks and hides the task index. The global generators are seeded before the
+    boundary callbacks too (a stream resumed at this task draws the same). Returns the
+    Trainer's per-epoch history."""
+    if task_free and plugins.needs_boundaries:
+        raise ValueError("a method here needs task boundaries (vcl, progressive): it cannot train task-free")
     task = None if task_free else data.task
+    seed = 1000 * config.seed + (data.task or 0)
+    seed_everything(seed)               # what a boundary draws (a new column's init) repeats on resume
     if not task_free:
         plugins.before_training_exp(model, data)
-    seed = 1000 * config.seed + (data.task or 0)
     trainer = Trainer(model, example_loss(data.loss), replace(config, seed=seed),
                       [ContinualCallback(plugins, data.loss, task), *callbacks])
     history = trainer.fit({"x": data.x, "y": data.y})

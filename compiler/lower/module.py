@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compiler.context import PlanInfo, VarInfo
-from compiler.continual_block import build_plugins
+from compiler.continual_block import build_block, build_plugins
 from compiler.defaults import default_value
 from compiler.ir import VarRef
 from compiler.layout import Layout
@@ -47,7 +47,8 @@ class PlanModule(nn.Module):
         self.layout = Layout.of(self.info)
         self.plan_name = graph.graph.get("name") or "plan"
         self.learnables = nn.ParameterDict()
-        self.blocks = nn.ModuleDict({name: callee.build().to(dtype) for name, callee in self.info.blocks.items()})
+        self.blocks = nn.ModuleDict({name: build_block(callee, self.info.continual.get(name, ())).to(dtype)
+                                     for name, callee in self.info.blocks.items()})
         self.continual = nn.ModuleDict({name: build_plugins(methods) for name, methods in self.info.continual.items()})
         self._defaults: dict[str, str] = {}
         for var in self.info.variables.values():

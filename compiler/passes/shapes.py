@@ -25,7 +25,7 @@ import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import AgentsInfo, GridInfo, PlanInfo, VarInfo
-from compiler.continual_block import continual_methods
+from compiler.continual_block import check_task_boundaries, continual_methods
 from compiler.envs import env_spec
 from compiler.train_block import train_settings
 from compiler.evaluate import evaluate
@@ -99,6 +99,7 @@ def run(graph: nx.DiGraph) -> PassResult:
     typer.step = _time_step(graph, typer)
     if "train" in graph:
         info.train = train_settings(graph.nodes["train"]["decl"], constant_lookup(info), errors)
+        check_task_boundaries(continual, info.train, errors)
     if "env" in graph:
         info.env = env_spec(graph.nodes["env"]["decl"], info, lambda scope: _scoped(typer, scope), errors)
     for node, data in graph.nodes(data=True):

@@ -116,3 +116,24 @@ def test_shipped_pendulum_regimes_model_is_accurate_on_every_regime():
     rms, worst = error.pow(2).mean(1).sqrt(), error.abs().amax(1)
     assert bool((rms < RMS_BOUND).all()), rms
     assert bool((worst < MAX_BOUND).all()), worst
+
+
+@pytest.mark.parametrize("method", ["vcl(beta=1)", "progressive()"])
+def test_train_runs_a_stream_with_an_architecture_method(tmp_path, capsys, method):
+    """`continual f by vcl(...)` / `progressive()` on an mlp block: the checkpoint holds the
+    posterior-as-prior / every grown column, and `compile(plan, weights=...)` rebuilds them."""
+    for k, (mass, length) in enumerate(PENDULUM_REGIMES[:2], start=1):
+        save_transitions(tmp_path / f"r{k}.npz", regime(100, mass, length, k))
+    plan = tmp_path / "tiny.plan"
+    plan.write_text(PLAN.replace("world_model(kind=mlp, hidden=[16], angles=[0])",
+                                 "mlp(in=5, out=2, hidden=[16], init=zero)")
+                    .replace("x' = f(x, u, m, l)", "x' = x + f(x, u, m, l)")
+                    .replace("replay(capacity=40, policy=experience_balanced) + distill(weight=1)", method))
+    assert planlang_cmd("train", plan, "-o", tmp_path / "w.pt", "--quiet") == 0
+    assert f"block f by {method.split('(')[0]}" in capsys.readouterr().out
+    block = planlang.compile(planlang.load(plan), weights=tmp_path / "w.pt").blocks["f"]
+    if method.startswith("vcl"):
+        torch.testing.assert_close(block[0].prior_weight_mu, block[0].weight_mu.detach())   # prior <- posterior
+        assert not torch.equal(block[0].weight_mu, torch.zeros_like(block[0].weight_mu))
+    else:
+        assert len(block.columns) == 2 and int(block.active) == 1

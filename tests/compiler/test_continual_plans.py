@@ -12,7 +12,7 @@ import torch
 import planlang
 from planlang.continual import train_stream
 from planlang.errors import PlanError
-from runtime.continual import EWC, Distill, Replay
+from runtime.continual import EWC, VCL, BayesLinear, Distill, Progressive, ProgressiveMLP, Replay
 from runtime.streams import pendulum_step
 from runtime.training import TrainConfig
 from runtime.transitions import TransitionsError
@@ -88,6 +88,9 @@ def test_methods_become_plugins_in_the_state_dict():
     ("continual f by ewc(lambda=1, every=5)", "ewc(", "it needs online=true"),
     ("continual f by si(c=1) + si(c=2)", "si(c=2", "method 'si' is given twice"),
     ("continual m by si(c=1)", "m by", "'m' is not a block"),
+    ("continual f by vcl(beta=-1)", "-1", "option 'beta' must be a number >= 0"),
+    ("continual f by progressive(columns=2)", "columns", "unknown option 'columns' for progressive"),
+    ("continual f by vcl() + progressive()", "progressive(", "progressive and vcl both build block 'f'"),
 ])
 def test_bad_methods_and_options_are_located(continual, located, message):
     """Each error names the line (10) and the column of the offending token."""
@@ -108,6 +111,8 @@ def test_a_block_has_one_continual_line():
     ("continual f by replay(capacity=120)", True),
     ("continual f by distill(weight=1)", False),
     ("continual f by ewc(lambda=1)", False),
+    ("continual f by vcl(beta=1)", False),
+    ("continual f by progressive()", False),
 ])
 def test_the_declared_method_reduces_forgetting(stream, naive, continual, task_free):
     result = train_stream(compiled(continual), replace(CONFIG, task_free=task_free), files=stream)
@@ -137,3 +142,72 @@ def test_stream_data_that_does_not_fit_the_plan_is_refused(stream, tmp_path):
         train_stream(compiled(), CONFIG, files=[bad])
     with pytest.raises(TransitionsError, match="no such transitions file"):
         train_stream(compiled(), CONFIG, files=[tmp_path / "missing.npz"])
+
+
+@pytest.mark.parametrize("continual, located, message", [
+    ("continual g by vcl()", "vcl(", "vcl builds block 'g' with Bayesian linear layers: it needs an `mlp` block, "
+                                     "not a `linear` block"),
+    ("continual f by progressive()\ntrain {\n  stream [\"a.npz\"]\n  task_free true\n}", "progressive(",
+     "progressive needs task boundaries, and the train block says `task_free true`"),
+])
+def test_architecture_methods_misused_are_located(continual, located, message):
+    source = PLAN.replace("{continual}", continual).replace("block f =", "block g = linear(in=5, out=2)\nblock f =")
+    with pytest.raises(PlanError) as err:
+        planlang.compile(planlang.loads(source, "regimes.plan"))
+    text = str(err.value)
+    assert message in text
+    assert f"regimes.plan:11:{continual.index(located) + 1}:" in text
+
+
+@pytest.mark.parametrize("continual, layers", [("continual f by vcl(beta=0.5, init_sigma=0.05)", BayesLinear),
+                                               ("continual f by progressive()", ProgressiveMLP)])
+def test_architecture_methods_build_the_block(continual, layers):
+    module = compiled(continual)
+    block = module.blocks["f"]
+    assert any(isinstance(m, layers) for m in block.modules())
+    if layers is BayesLinear:
+        assert not any(isinstance(m, torch.nn.Linear) for m in block.modules())
+    x, u = torch.randn(4, 2), torch.randn(4, 1)
+    module.eval()
+    torch.testing.assert_close(module.step(x, u), x)           # init=zero: the residual starts at 0
+    plugin = module.continual["f"].plugins[0]
+    if layers is BayesLinear:
+        assert isinstance(plugin, VCL) and plugin.beta == 0.5
+        sigma = torch.nn.functional.softplus(block[0].weight_rho)
+        torch.testing.assert_close(sigma, torch.full_like(sigma, 0.05))
+        assert "blocks.f.0.prior_weight_sigma" in module.state_dict()
+    else:
+        assert isinstance(plugin, Progressive)
+
+
+def test_architecture_methods_refuse_a_task_free_stream(stream):
+    with pytest.raises(ValueError, match="cannot train task-free"):
+        train_stream(compiled("continual f by progressive()"), replace(CONFIG, task_free=True), files=stream)
+
+
+@pytest.mark.parametrize("continual", ["continual f by vcl(beta=1)", "continual f by progressive()"])
+def test_architecture_methods_stop_and_resume_exactly(stream, tmp_path, continual):
+    """The grown columns / the posterior-as-prior are in the checkpoint: a fresh module resumes."""
+    plan = plan_with(continual)
+    config = replace(CONFIG, epochs=2)
+    whole = train_stream(compiled(continual), config, files=stream, plan=plan)
+    checkpoint = str(tmp_path / "stream.pt")
+    assert train_stream(compiled(continual), replace(config, checkpoint=checkpoint), files=stream, plan=plan,
+                        stop=2) is None
+    resumed = train_stream(compiled(continual, seed=123), config, files=stream, plan=plan, resume=checkpoint)
+    torch.testing.assert_close(resumed.R, whole.R, rtol=0, atol=0)
+
+
+def test_progressive_columns_round_trip_through_the_state_dict(stream):
+    trained = compiled("continual f by progressive()")
+    train_stream(trained, replace(CONFIG, epochs=1), files=stream)
+    assert len(trained.blocks["f"].columns) == len(REGIMES)
+    fresh = compiled("continual f by progressive()", seed=5)
+    fresh.load_state_dict(trained.state_dict())
+    assert len(fresh.blocks["f"].columns) == len(REGIMES)
+    x, u = torch.randn(6, 2), torch.randn(6, 1)
+    for task in range(len(REGIMES)):
+        for module in (trained, fresh):
+            module.eval()
+            module.blocks["f"].active.fill_(task)
+        torch.testing.assert_close(fresh.step(x, u), trained.step(x, u), rtol=0, atol=0)

@@ -300,3 +300,22 @@ def test_vcl_moves_the_prior_to_the_posterior_and_needs_bayesian_layers():
     assert model[0].kl().item() == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(ValueError, match="BayesLinear"):
         vcl(n_data=10).before_backward(nn.Linear(3, 2), data, torch.zeros(()))
+
+
+@pytest.mark.parametrize("act", ["tanh", "silu"])
+def test_architectures_with_an_activation_and_zero_init_gradcheck(act):
+    """`act` and `zero_last` (the mlp block's options): outputs start at 0, and the input
+    gradient through two progressive columns (laterals included) and the Bayesian mean is exact."""
+    torch.manual_seed(0)
+    progressive = ProgressiveMLP(3, (4, 4), 2, act=act, zero_last=True).double()
+    bayes = bayes_mlp((3, 4, 2), act=act, zero_last=True).double().eval()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(progressive(x), torch.zeros(5, 2, dtype=torch.float64))
+    assert torch.equal(bayes(x), torch.zeros(5, 2, dtype=torch.float64))
+    progressive.add_column()
+    assert progressive.columns[1][0].weight.dtype == torch.float64         # the new column follows the dtype
+    for network in (progressive, bayes):
+        for p in network.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p.data)
+        assert torch.autograd.gradcheck(network, (x,))
