@@ -394,12 +394,19 @@ def train(module, data: str | Path | Mapping[str, Tensor] | GridworldData, confi
         raise ValueError("DAgger (dagger_rounds > 0) needs a teacher plan")
     if config.dagger_rounds and resume:
         raise ValueError("resuming a DAgger run is not supported (the aggregated data is not checkpointed)")
+    return _fit(module, loss, demos, config, plan, state, callbacks, teacher)
+
+
+def _fit(module, loss, examples: dict[str, Tensor], config: TrainConfig, plan, state, callbacks,
+         teacher=None) -> list[dict]:
+    """The shared Trainer on `examples` split into training and validation (DAgger rounds with
+    `teacher` when the config asks for them); `state` resumes a checkpointed run."""
     if callbacks is None:
         callbacks = default_callbacks(config, checkpoint_extra(plan) if plan is not None else None)
     trainer = Trainer(module, loss, config, callbacks)
     if state is not None:
         trainer.load_state_dict(state)
-    train_set, validation = split(demos, config.validation, config.seed)
+    train_set, validation = split(examples, config.validation, config.seed)
     if config.dagger_rounds:
         history, _ = fit_dagger(trainer, train_set, dagger_collector(teacher, config.dagger_steps),
                                 config.dagger_rounds, validation)
@@ -420,13 +427,7 @@ def _train_joint(module, data, config: TrainConfig, plan, state, callbacks) -> l
         raise ValueError("DAgger does not apply to joint plans")
     witness = next(iter(module.parameters()))
     batch = {k: v.to(witness.device) for k, v in load_interactions(module, data, witness.dtype).items()}
-    if callbacks is None:
-        callbacks = default_callbacks(config, checkpoint_extra(plan) if plan is not None else None)
-    trainer = Trainer(module, classification_loss, config, callbacks)
-    if state is not None:
-        trainer.load_state_dict(state)
-    train_set, validation = split(batch, config.validation, config.seed)
-    return trainer.fit(train_set, validation)
+    return _fit(module, classification_loss, batch, config, plan, state, callbacks)
 
 
 def _trajectory_examples(module, data, witness: Tensor) -> dict[str, Tensor]:

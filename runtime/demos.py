@@ -14,13 +14,14 @@ a given plan is checked by `planlang.training.check_demos`.
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from runtime.npz import read_npz
 
 REQUIRED = ("x0", "x", "u")
 INPUT_PREFIX = "input_"
@@ -33,13 +34,7 @@ class DemoError(ValueError):
 def load_demos(path: str | Path, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
     """Read and check a demonstrations file; tensors in `dtype`. Raises `DemoError`."""
     path = Path(path)
-    if not path.is_file():
-        raise DemoError(f"{path}: no such demonstrations file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DemoError(f"{path}: not a readable .npz archive ({err})") from None
+    arrays = read_npz(path, "demonstrations", DemoError)
     return check_structure({k: _tensor(path, k, v, dtype) for k, v in arrays.items()}, str(path))
 
 

@@ -17,12 +17,13 @@ Consecutive rows i, i+1 are one trajectory when they share the episode (if given
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from runtime.npz import read_npz
 
 INPUT_PREFIX = "input_"
 REQUIRED = ("x", "u", "x_next")
@@ -36,13 +37,7 @@ class TransitionsError(ValueError):
 def load_transitions(path: str | Path, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
     """Read and check a transitions `.npz`; floats as `dtype`, `done` bool, `episode` int64."""
     path = Path(path)
-    if not path.is_file():
-        raise TransitionsError(f"{path}: no such transitions file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            raw = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise TransitionsError(f"{path}: not a NumPy .npz archive ({type(err).__name__}: {err})") from None
+    raw = read_npz(path, "transitions", TransitionsError)
     if "obs" in raw and "x" not in raw:
         raw["x"] = raw.pop("obs")
     return check_transitions(raw, str(path), dtype)

@@ -40,7 +40,6 @@ from compiler.ir import Expr, VarRef
 from compiler.layout import Layout
 from compiler.lower.backends import ILQRBackend
 from planlang.ast import VarKind
-from planlang.errors import did_you_mean
 from runtime.joint import BeliefPropagation, Exact, JointResult, MeanField, joint_energy, refine_plan
 from runtime.joint_proposals import Candidates, coefficient_lattice, endpoint_projector, sine_modes
 
@@ -102,12 +101,7 @@ def bind_agents(module, values: dict) -> AgentValues:
     """Bind `module(**values)` of a joint plan: states and inputs (N, *shape) or (B, N, *shape)."""
     info: PlanInfo = module.info
     N = info.agents.count
-    accepted = module.inputs()
-    for name in values:
-        if name not in accepted:
-            hint = did_you_mean(name, accepted)
-            raise TypeError(f"{module.plan_name}: unexpected input '{name}'" + (f"; {hint}" if hint else "")
-                            + f" (accepted: {', '.join(accepted)})")
+    module.reject_unknown(values)
     like = module._witness(values)
     per_agent, shared, states, batches = {}, {}, [], {}
     for name, var in info.variables.items():

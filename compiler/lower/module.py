@@ -126,6 +126,15 @@ class PlanModule(nn.Module):
         return None if buffer is None else getattr(self, buffer)
 
     # ------------------------------------------------------------------ binding
+    def reject_unknown(self, values: dict) -> None:
+        """TypeError naming the first of `values` that is not an input, param or state of the plan."""
+        accepted = self.inputs()
+        for name in values:
+            if name not in accepted:
+                hint = did_you_mean(name, accepted)
+                raise TypeError(f"{self.plan_name}: unexpected input '{name}'" + (f"; {hint}" if hint else "")
+                                + f" (accepted: {', '.join(accepted)})")
+
     def bind(self, values: dict, initial_states: bool = True, like: torch.Tensor | None = None
              ) -> tuple[dict[VarRef, torch.Tensor], torch.Tensor | None, torch.Tensor]:
         """(env, x0, like): every non-decision value batch-first, x0 (B, n), and a dtype/device witness.
@@ -133,12 +142,7 @@ class PlanModule(nn.Module):
         `initial_states=False` skips the states (x0 is then None): stepping the dynamics needs
         no initial state. `like` imposes a dtype and device (default: the tensors passed in).
         """
-        accepted = self.inputs()
-        for name in values:
-            if name not in accepted:
-                hint = did_you_mean(name, accepted)
-                raise TypeError(f"{self.plan_name}: unexpected input '{name}'" + (f"; {hint}" if hint else "")
-                                + f" (accepted: {', '.join(accepted)})")
+        self.reject_unknown(values)
         like = self._witness(values) if like is None else like
         env: dict[VarRef, torch.Tensor] = {}
         states = []

@@ -193,5 +193,5 @@ def test_missing_or_damaged_files_are_rejected(tmp_path):
         load_transitions(tmp_path / "absent.npz")
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(b"not an archive")
-    with pytest.raises(TransitionsError, match="not a NumPy .npz archive"):
+    with pytest.raises(TransitionsError, match="not a readable .npz archive"):
         load_transitions(damaged)
