@@ -82,7 +82,7 @@ def test_solution_is_the_plans_optimal_trajectory(name, modules64):
     u = sol.u.detach().clone().requires_grad_(True)                         # optimal: dJ/du = 0
     cost = plan_cost(module, rollout(module, x0, u, env), u, env)
     (grad,) = torch.autograd.grad(cost.sum(), u)
-    assert float(grad.abs().max()) < 1e-7 * (1 + float(cost.abs().max()))
+    assert float(grad.abs().max()) < 1e-7 * (1 + float(cost.detach().abs().max()))
     worse = plan_cost(module, rollout(module, x0, u.detach() + 1e-3, env), u.detach() + 1e-3, env)
     assert bool((worse > cost.detach()).all())
 
