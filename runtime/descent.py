@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 
 from runtime.implicit import Backward, BackwardMode, implicit_argmin, iterate
-from runtime.limits import control_limits
+from runtime.limits import check_start_and_controls, control_limits
 from runtime.status import Status
 
 Dynamics = Callable[[Tensor, Tensor], Tensor]
@@ -129,7 +129,7 @@ class DescentSolution(NamedTuple):
 def descent(problem: DescentProblem, x0: Tensor, u_init: Tensor,
             options: DescentOptions = DescentOptions()) -> DescentSolution:
     """Solve the batch of problems from the warm start u_init (B, T, m)."""
-    _check_shapes(x0, u_init)
+    check_start_and_controls(x0, u_init, "descent", "u_init")
     B, T, m = u_init.shape
     lo, hi = _bounds(problem, u_init)
     lo_flat, hi_flat = lo.reshape(B, -1), hi.reshape(B, -1)
@@ -346,14 +346,3 @@ def _bounds(problem: DescentProblem, u: Tensor) -> tuple[Tensor, Tensor]:
     if bool((lo > hi).any()):
         raise ValueError("control limits must satisfy lower <= upper")
     return lo, hi
-
-
-def _check_shapes(x0: Tensor, u_init: Tensor) -> None:
-    if x0.dim() != 2 or u_init.dim() != 3 or u_init.shape[0] != x0.shape[0]:
-        raise ValueError(f"descent expects x0 (B, n) and u_init (B, T, m), got "
-                         f"{tuple(x0.shape)} and {tuple(u_init.shape)}")
-    if u_init.shape[1] < 1:
-        raise ValueError("descent needs a horizon T >= 1")
-    if x0.dtype != u_init.dtype or not x0.is_floating_point():
-        raise ValueError(f"x0 and u_init must share a floating dtype, got {x0.dtype} and "
-                         f"{u_init.dtype}")

@@ -91,7 +91,7 @@ from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConst
                                       initial_multipliers, update)
 from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, FinalDerivatives,
                                       StageCost, StageDerivatives, TrajectoryFunctions)
-from runtime.limits import control_limits
+from runtime.limits import check_start_and_controls, control_limits
 from runtime.status import Status
 
 
@@ -158,7 +158,7 @@ class ILQRSolution(NamedTuple):
 def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
          options: ILQROptions = ILQROptions()) -> ILQRSolution:
     """Solve the batch of control-limited problems from the warm start u_init (B, T, m)."""
-    _check_shapes(x0, u_init)
+    check_start_and_controls(x0, u_init, "ilqr", "u_init")
     fns = TrajectoryFunctions(problem.dynamics, problem.stage_cost, problem.final_cost,
                               problem.derivatives)
     lo, hi = control_limits(problem.lower, problem.upper, u_init)
@@ -491,16 +491,6 @@ def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
     cT = final.g - (final.C @ x[:, -1, :, None]).squeeze(-1)
     return box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
 
-
-def _check_shapes(x0: Tensor, u_init: Tensor) -> None:
-    if x0.dim() != 2 or u_init.dim() != 3 or u_init.shape[0] != x0.shape[0]:
-        raise ValueError(f"ilqr expects x0 (B, n) and u_init (B, T, m), got {tuple(x0.shape)} "
-                         f"and {tuple(u_init.shape)}")
-    if u_init.shape[1] < 1:
-        raise ValueError("ilqr needs a horizon T >= 1")
-    if x0.dtype != u_init.dtype or not x0.is_floating_point():
-        raise ValueError(f"x0 and u_init must share a floating dtype, got {x0.dtype} and "
-                         f"{u_init.dtype}")
 
 
 def _finite_per_element(*tensors: Tensor) -> Tensor:

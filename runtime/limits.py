@@ -1,4 +1,4 @@
-"""Control limits shared by the trajectory solvers (iLQR, descent, MPPI/CEM)."""
+"""Control limits and argument checks shared by the trajectory solvers (iLQR, descent, MPPI/CEM)."""
 from typing import Optional
 
 import torch
@@ -18,3 +18,15 @@ def control_limits(lower, upper, u: Tensor) -> tuple[Optional[Tensor], Optional[
     except RuntimeError as err:
         raise ValueError(f"control limits must broadcast to u {tuple(u.shape)}, got lower "
                          f"{tuple(lo.shape)} and upper {tuple(hi.shape)}") from err
+
+
+def check_start_and_controls(x0: Tensor, u: Tensor, solver: str, name: str = "u") -> None:
+    """ValueError unless x0 is (B, n) and the controls `name` (B, T, m) with T >= 1, both of one
+    floating dtype; `solver` and `name` are the caller's, for the message."""
+    if x0.dim() != 2 or u.dim() != 3 or u.shape[0] != x0.shape[0]:
+        raise ValueError(f"{solver} expects x0 (B, n) and {name} (B, T, m), got {tuple(x0.shape)} and "
+                         f"{tuple(u.shape)}")
+    if u.shape[1] < 1:
+        raise ValueError(f"{solver}: the horizon T must be >= 1")
+    if x0.dtype != u.dtype or not x0.is_floating_point():
+        raise ValueError(f"x0 and {name} must share a floating dtype, got {x0.dtype} and {u.dtype}")

@@ -165,10 +165,7 @@ class Langevin:
                 energy = planner.trajectory_cost(planner.rollout(u, many), u, many).sum() / self.temperature
                 grad, = torch.autograd.grad(energy, u)
                 u = u - self.step_size * grad + self.noise * torch.randn_like(u)
-        u = u.detach()
-        with torch.no_grad():
-            x = planner.rollout(u, many)
-        return x.reshape((B, count) + x.shape[1:]), u.reshape((B, count) + u.shape[1:])
+        return _rolled_out(planner, u.detach(), many, B, count)
 
 
 @dataclass(frozen=True)
@@ -180,10 +177,15 @@ class Perturbation:
     def __call__(self, planner: Planner, batch: Batch, count: int):
         B = batch["u"].shape[0]
         many = repeat_batch(batch, count)
-        u = many["u"] + self.noise * torch.randn_like(many["u"])
-        with torch.no_grad():
-            x = planner.rollout(u, many)
-        return x.reshape((B, count) + x.shape[1:]), u.reshape((B, count) + u.shape[1:])
+        return _rolled_out(planner, many["u"] + self.noise * torch.randn_like(many["u"]), many, B, count)
+
+
+def _rolled_out(planner: Planner, u: Tensor, many: Batch, B: int, count: int) -> tuple[Tensor, Tensor]:
+    """Negatives u (B * count, T, m) of the repeated batch `many` rolled out, both reshaped to
+    (B, count, ...) and detached."""
+    with torch.no_grad():
+        x = planner.rollout(u, many)
+    return x.reshape((B, count) + x.shape[1:]), u.reshape((B, count) + u.shape[1:])
 
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {"langevin": Langevin, "perturbation": Perturbation}

@@ -78,7 +78,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from runtime.limits import control_limits
+from runtime.limits import check_start_and_controls, control_limits
 from runtime.status import Status
 
 Dynamics = Callable[[Tensor, Tensor, int], Tensor]
@@ -222,7 +222,7 @@ def mppi(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
          options: MPPIOptions = MPPIOptions(),
          generator: Optional[torch.Generator] = None) -> SamplingSolution:
     """MPPI from the warm start u_init (B, T, m); noise from `generator` (on x0's device)."""
-    _check_shapes(x0, u_init)
+    check_start_and_controls(x0, u_init, "sampling planners")
     return SamplingPlanner(problem, options, u_init, generator)(x0, u_init)
 
 
@@ -230,13 +230,13 @@ def cem(problem: SamplingProblem, x0: Tensor, u_init: Tensor,
         options: CEMOptions = CEMOptions(),
         generator: Optional[torch.Generator] = None) -> SamplingSolution:
     """CEM from the mean u_init (B, T, m); noise from `generator` (on x0's device)."""
-    _check_shapes(x0, u_init)
+    check_start_and_controls(x0, u_init, "sampling planners")
     return SamplingPlanner(problem, options, u_init, generator)(x0, u_init)
 
 
 def rollout(problem: SamplingProblem, x0: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     """States (B, T+1, n) and cost J (B,) of the plans u (B, T, m) from x0 (B, n), unclamped."""
-    _check_shapes(x0, u)
+    check_start_and_controls(x0, u, "sampling planners")
     x, J = _rollout(problem, x0, u.unsqueeze(1), keep_states=True)
     return x.squeeze(1), J.squeeze(1)
 
@@ -358,13 +358,3 @@ def _per_control(value: Noise, u: Tensor, name: str) -> Tensor:
     if not bool((tensor > 0).all()):
         raise ValueError(f"{name} must be positive, got {tensor.tolist()}")
     return tensor.reshape(-1).expand(m).clone()   # contiguous: ops on 0-stride tensors are slow
-
-
-def _check_shapes(x0: Tensor, u: Tensor) -> None:
-    if x0.dim() != 2 or u.dim() != 3 or u.shape[0] != x0.shape[0]:
-        raise ValueError(f"sampling planners expect x0 (B, n) and u (B, T, m), got "
-                         f"{tuple(x0.shape)} and {tuple(u.shape)}")
-    if u.shape[1] < 1:
-        raise ValueError("sampling planners need a horizon T >= 1")
-    if x0.dtype != u.dtype or not x0.is_floating_point():
-        raise ValueError(f"x0 and u must share a floating dtype, got {x0.dtype} and {u.dtype}")
