@@ -85,7 +85,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from runtime.box_lqr import box_lqr_step, costates, factor_free
-from runtime.box_qp import BoxQPOptions, box_qp
+from runtime.box_qp import BoxQPOptions
+from runtime.ilqr_backward import Policy, regularized_backward_pass
+from runtime.ilqr_shooting import multiple_shooting
 from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConstraint,
                                       StageConstraint, derivative_costs, augmented_costs,
                                       initial_multipliers, update)
@@ -93,6 +95,14 @@ from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, Fin
                                       StageCost, StageDerivatives, TrajectoryFunctions)
 from runtime.limits import check_start_and_controls, control_limits
 from runtime.status import Status
+
+
+class ILQRShooting(Enum):
+    """Single shooting (the states are the rollout of the controls) or multiple shooting (the
+    states are variables too, `runtime.ilqr_shooting`)."""
+
+    SINGLE = "single"
+    MULTIPLE = "multiple"
 
 
 class ILQRBackward(Enum):
@@ -117,6 +127,7 @@ class ILQROptions:
     mu_factor: float = 10.0
     newton: bool = False              # add the dynamics curvature to the model (step 1)
     backward: ILQRBackward = ILQRBackward.IMPLICIT
+    shooting: ILQRShooting = ILQRShooting.SINGLE
     qp: BoxQPOptions = BoxQPOptions()
     constraints: ConstraintOptions = ConstraintOptions()
 
@@ -156,9 +167,17 @@ class ILQRSolution(NamedTuple):
 
 
 def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
-         options: ILQROptions = ILQROptions()) -> ILQRSolution:
-    """Solve the batch of control-limited problems from the warm start u_init (B, T, m)."""
+         options: ILQROptions = ILQROptions(), x_guess: Optional[Tensor] = None) -> ILQRSolution:
+    """Solve the batch of control-limited problems from the warm start u_init (B, T, m).
+    x_guess (B, T+1, n), multiple shooting only: the initial nodes; its NaN entries (and x_0)
+    are taken from the rollout of u_init."""
     check_start_and_controls(x0, u_init, "ilqr", "u_init")
+    if x_guess is not None and options.shooting is not ILQRShooting.MULTIPLE:
+        raise ValueError("ilqr: a state guess sets the nodes of multiple shooting; "
+                         "use ILQROptions(shooting=ILQRShooting.MULTIPLE)")
+    nodes = (u_init.shape[0], u_init.shape[1] + 1, x0.shape[-1])
+    if x_guess is not None and tuple(x_guess.shape) != nodes:
+        raise ValueError(f"ilqr: x_guess must be (B, T+1, n) = {nodes}; got {tuple(x_guess.shape)}")
     fns = TrajectoryFunctions(problem.dynamics, problem.stage_cost, problem.final_cost,
                               problem.derivatives)
     lo, hi = control_limits(problem.lower, problem.upper, u_init)
@@ -166,10 +185,10 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
     unroll = options.backward is ILQRBackward.UNROLL and torch.is_grad_enabled()
     if unroll:
         if constrained:
-            return _augmented_lagrangian(problem, fns, x0, u_init, lo, hi, options)[0].solution
-        return _with_violation(_iterate(fns, x0, u_init, lo, hi, options).solution)
+            return _augmented_lagrangian(problem, fns, x0, u_init, lo, hi, options, x_guess)[0].solution
+        return _with_violation(_iterate(fns, x0, u_init, lo, hi, options, x_guess).solution)
     with torch.no_grad():
-        args = (x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options)
+        args = (x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options, _detach(x_guess))
         if constrained:
             result, derivative_fns = _augmented_lagrangian(problem, fns, *args)
         else:
@@ -184,14 +203,6 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
     return sol._replace(x=x, u=u, cost=cost)
 
 
-class _Policy(NamedTuple):
-    K: Tensor     # (B, T, m, n) feedback gains
-    k: Tensor     # (B, T, m)    feedforward steps
-    dV1: Tensor   # (B,)         predicted cost change: alpha dV1 + alpha^2 dV2
-    dV2: Tensor   # (B,)
-    ok: Tensor    # (B,) bool    every Q_uu (free block) positive definite
-
-
 class _Result(NamedTuple):
     solution: ILQRSolution
     model: StageDerivatives    # last model, at the returned trajectory (its F, g give lam)
@@ -199,8 +210,10 @@ class _Result(NamedTuple):
 
 
 def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],
-             hi: Optional[Tensor], options: ILQROptions) -> _Result:
+             hi: Optional[Tensor], options: ILQROptions, x_guess: Optional[Tensor] = None) -> _Result:
     """The forward iterations of the module docstring (autograd follows if it is enabled)."""
+    if options.shooting is ILQRShooting.MULTIPLE:
+        return _iterate_multiple(fns, x0, u_init, lo, hi, options, x_guess)
     B = x0.shape[0]
     x, u = _rollout(fns, x0, u_init, lo, hi)
     J = fns.total_cost(x, u)
@@ -220,7 +233,7 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
         finite = _finite_per_element(*model, *final)
         status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
         active = active & finite
-        policy, mu = _regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
+        policy, mu = regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
         res = policy.k.abs().flatten(1).amax(1)
         residual = torch.where(active, res, residual)
         converged = (policy.ok & (mu <= options.mu_min)
@@ -242,13 +255,32 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
     return _Result(solution, model, final)
 
 
+def _iterate_multiple(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],
+                      hi: Optional[Tensor], options: ILQROptions, x_guess: Optional[Tensor]) -> _Result:
+    """Multiple shooting (`runtime.ilqr_shooting`) from the nodes x_guess, completed by the
+    rollout of u_init. The result is rolled out once more under the last feedback policy,
+    u_t = clamp(ū_t + K_t (x_t - x̄_t)), so that x satisfies the dynamics exactly and J is the
+    cost of u (an open-loop rollout of ū would amplify the remaining defects of an unstable
+    system), and differs from the nodes by the defects' effect."""
+    x, u = _rollout(fns, x0, u_init, lo, hi)
+    if x_guess is not None:
+        x = torch.cat((x[:, :1], torch.where(torch.isnan(x_guess[:, 1:]), x[:, 1:], x_guess[:, 1:])), 1)
+    nodes = multiple_shooting(fns, x, u, lo, hi, options, converged_step)
+    x, u = _rollout(fns, x0, nodes.u, lo, hi, nodes.K, nodes.x)
+    J = fns.total_cost(x, u)
+    status = torch.where(torch.isfinite(J), nodes.status, int(Status.NUMERICAL))
+    solution = ILQRSolution(x, u, J, status, nodes.iterations, nodes.residual)
+    return _Result(solution, nodes.model, nodes.final)
+
+
 def _with_violation(sol: ILQRSolution) -> ILQRSolution:
     return sol if sol.violation is not None else sol._replace(violation=torch.zeros_like(sol.cost))
 
 
 def _augmented_lagrangian(problem: ILQRProblem, fns: TrajectoryFunctions, x0: Tensor,
                           u_init: Tensor, lo: Optional[Tensor], hi: Optional[Tensor],
-                          options: ILQROptions) -> tuple[_Result, TrajectoryFunctions]:
+                          options: ILQROptions, x_guess: Optional[Tensor] = None
+                          ) -> tuple[_Result, TrajectoryFunctions]:
     """Constrained iLQR (`runtime.ilqr_constraints`): box-iLQR on the augmented Lagrangian,
     then multiplier and penalty updates, until every element's inner solve is SOLVED with
     violation <= tol (or fails, or max_outer). Returns the last inner result, with the
@@ -268,7 +300,8 @@ def _augmented_lagrangian(problem: ILQRProblem, fns: TrajectoryFunctions, x0: Te
     for _ in range(copts.max_outer):
         stage, final, w = augmented_costs(problem.stage_cost, problem.final_cost, constraints, mult)
         result = _iterate(TrajectoryFunctions(problem.dynamics, stage, final, exact, w),
-                          x0, u, lo, hi, options)
+                          x0, u, lo, hi, options, x_guess)
+        x_guess = None
         sol = result.solution
         u = sol.u
         iterations = iterations + torch.where(done, 0, sol.iterations)
@@ -326,7 +359,7 @@ def _rollout(fns: TrajectoryFunctions, x0: Tensor, u_ff: Tensor, lo: Optional[Te
 
 
 def _line_search(fns: TrajectoryFunctions, x0: Tensor, x: Tensor, u: Tensor, J: Tensor,
-                 policy: _Policy, lo: Optional[Tensor], hi: Optional[Tensor], active: Tensor,
+                 policy: Policy, lo: Optional[Tensor], hi: Optional[Tensor], active: Tensor,
                  options: ILQROptions) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backtracking with a per-element accepted step; rejected elements keep (x, u, J)."""
     slack = 10 * torch.finfo(J.dtype).eps * J.abs().clamp_min(1.0)      # rounding error of J
@@ -345,90 +378,6 @@ def _line_search(fns: TrajectoryFunctions, x0: Tensor, x: Tensor, u: Tensor, J: 
         if bool((accepted | ~active).all()):
             break
     return x_new, u_new, J_new, accepted
-
-
-def _regularized_backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
-                               lo: Optional[Tensor], hi: Optional[Tensor], mu: Tensor,
-                               active: Tensor, options: ILQROptions) -> tuple[_Policy, Tensor]:
-    """Backward pass; elements with an indefinite Q_uu raise their mu and are redone."""
-    policy = _backward_pass(model, final, u, lo, hi, mu, options.qp)
-    while True:
-        retry = active & ~policy.ok & (mu < options.mu_max)
-        if not bool(retry.any()):
-            return policy, mu
-        mu = torch.where(retry, (mu * options.mu_factor).clamp(options.mu_min, options.mu_max), mu)
-        again = _backward_pass(model, final, u, lo, hi, mu, options.qp)
-        policy = _Policy(*(torch.where(retry.view(-1, *[1] * (new.dim() - 1)), new, old)
-                           for new, old in zip(again, policy)))
-
-
-def _backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
-                   lo: Optional[Tensor], hi: Optional[Tensor], mu: Tensor,
-                   qp_options: BoxQPOptions) -> _Policy:
-    """Step 2 of the module docstring in homogeneous coordinates x~ = (dx, 1), z~ = (dx, 1, du):
-    the value 1/2 x~'V~x~ with V~ = [[V, v], [v', 2 s]] carries V, v and the predicted change s
-    in one matrix, and one gain K~ = [K k] maps x~ to du, so that per stage
-
-        Q~ = C~_t + F~_t' V~ F~_t,   K~ = [K k],
-        V~ <- Q~_x~x~ + Q~_x~u K~ + K~'Q~_ux~ + K~'Q~_uu K~
-
-    with C~_t = [[C_xx, g_x, C_xu], [g_x', 0, g_u'], [C_ux, g_u, C_uu]] and
-    F~_t = [[F_x, 0, F_u], [0, 1, 0]]; s accumulates dV1 + dV2."""
-    B, T, m = u.shape
-    n = final.g.shape[-1]
-    C_aug, F_aug, V = _homogeneous(model, final)
-    C_aug, F_aug, F_aug_T = C_aug.unbind(1), F_aug.unbind(1), F_aug.mT.unbind(1)
-    eye = torch.eye(m, dtype=u.dtype, device=u.device)
-    reg = mu[:, None, None] * eye
-    if lo is not None:
-        lo_step, hi_step = (lo - u).unbind(1), (hi - u).unbind(1)
-    gains, q_us, goods = [], [], []
-    for t in reversed(range(T)):
-        Q = torch.baddbmm(C_aug[t], F_aug_T[t], torch.bmm(V, F_aug[t]))
-        Q_xx, Q_xu = Q[:, :n + 1, :n + 1], Q[:, :n + 1, n + 1:]
-        Q_ux, Q_uu = Q[:, n + 1:, :n + 1], Q[:, n + 1:, n + 1:]
-        if lo is None or m > 1:
-            L, info = torch.linalg.cholesky_ex(Q_uu + reg)
-            good = info == 0
-            inverse = torch.cholesky_inverse(torch.where(good[:, None, None], L, eye))
-            gain = -torch.bmm(inverse, Q_ux)                              # [K k]: (B, m, n+1)
-        if lo is not None and (m == 1 or not bool((good[:, None] & (lo_step[t] < gain[..., n])
-                                                   & (gain[..., n] < hi_step[t])).all())):
-            # One control (closed form), or some unconstrained step leaves the box (or Q_uu is
-            # indefinite): solve the box QPs.
-            qp = box_qp(Q_uu + reg, Q_ux[..., n], lo_step[t], hi_step[t], qp_options)
-            good = qp.status <= Status.MAX_ITERS
-            gain = torch.cat((-torch.bmm(qp.free_inverse, Q_ux[..., :n]), qp.x[..., None]), -1)
-        cross = torch.bmm(Q_xu, gain)
-        V = Q_xx + cross + cross.mT + torch.bmm(gain.mT, torch.bmm(Q_uu, gain))
-        V = 0.5 * (V + V.mT)
-        gains.append(gain)
-        q_us.append(Q_ux[..., n])
-        goods.append(good)
-    gain = torch.stack(gains[::-1], 1)                                    # (B, T, m, n+1)
-    k = gain[..., n]
-    dV1 = (k * torch.stack(q_us[::-1], 1)).sum((1, 2))
-    dV2 = 0.5 * V[:, n, n] - dV1
-    ok = torch.stack(goods, 1).all(1)
-    return _Policy(gain[..., :n], k, dV1, dV2, ok)
-
-
-def _homogeneous(model: StageDerivatives, final: FinalDerivatives) -> tuple[Tensor, Tensor, Tensor]:
-    """C~ (B, T, N+1, N+1), F~ (B, T, n+1, N+1) and V~_T (B, n+1, n+1) of `_backward_pass`."""
-    F, g, C = model
-    B, T, n, N = F.shape
-    g_x, g_u = g[..., :n, None], g[..., n:, None]
-    zero = g.new_zeros(B, T, 1, 1)
-    C_aug = torch.cat((torch.cat((C[..., :n, :n], g_x, C[..., :n, n:]), -1),
-                       torch.cat((g_x.mT, zero, g_u.mT), -1),
-                       torch.cat((C[..., n:, :n], g_u, C[..., n:, n:]), -1)), -2)
-    unit = g.new_zeros(N + 1)
-    unit[n] = 1.0
-    F_aug = torch.cat((torch.cat((F[..., :n], zero.expand(B, T, n, 1), F[..., n:]), -1),
-                       unit.expand(B, T, 1, N + 1)), -2)
-    V = torch.cat((torch.cat((final.C, final.g[..., None]), -1),
-                   torch.cat((final.g[:, None, :], zero[:, 0]), -1)), -2)
-    return C_aug, F_aug, V
 
 
 class _MarkFailed(torch.autograd.Function):

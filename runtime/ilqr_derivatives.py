@@ -97,18 +97,18 @@ class TrajectoryFunctions:
         if exact.dynamics_jacobian is None and exact.stage_cost_derivatives is None:
             # One reverse pass for both: the rows of d [f; grad l] / dz.
             def both(zt: Tensor, *dt: Tensor) -> tuple[Tensor, Tensor]:
-                return _rowwise_jacobian(lambda z: torch.cat((dynamics(z), cost_gradient(z, *dt)), -1), zt)
+                return rowwise_jacobian(lambda z: torch.cat((dynamics(z), cost_gradient(z, *dt)), -1), zt)
 
             out, J = over_time(both, z, *data)
             return StageDerivatives(J[..., :n, :], out[..., n:], J[..., n:, :])
         if exact.dynamics_jacobian is not None:
             F = exact.dynamics_jacobian(x, u)
         else:
-            F = over_time(lambda z: _rowwise_jacobian(dynamics, z)[1], z)
+            F = over_time(lambda z: rowwise_jacobian(dynamics, z)[1], z)
         if exact.stage_cost_derivatives is not None and self.stage_data is None:
             g, C = exact.stage_cost_derivatives(x, u)
         else:
-            g, C = over_time(lambda zt, *dt: _rowwise_jacobian(lambda z: cost_gradient(z, *dt), zt),
+            g, C = over_time(lambda zt, *dt: rowwise_jacobian(lambda z: cost_gradient(z, *dt), zt),
                              z, *data)
         return StageDerivatives(F, g, C)
 
@@ -143,7 +143,7 @@ def over_time(fn: Callable, *args: Tensor):
     return tuple(o.movedim(0, 1) for o in out) if isinstance(out, tuple) else out.movedim(0, 1)
 
 
-def _rowwise_jacobian(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+def rowwise_jacobian(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
     """(fn(z), J (B, p, N)), J[b] = d fn(z)[b] / d z[b], for a row-wise fn: (B, N) -> (B, p)."""
     out, pullback = vjp(fn, z)
     p = out.shape[-1]
@@ -155,4 +155,4 @@ def _rowwise_jacobian(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor
 def _rowwise_hessian(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
     """(grad (B, N), hess (B, N, N)) of a row-wise scalar fn: (B, N) -> (B,),
     reverse-over-reverse."""
-    return _rowwise_jacobian(grad(lambda z: fn(z).sum()), z)
+    return rowwise_jacobian(grad(lambda z: fn(z).sum()), z)

@@ -371,15 +371,19 @@ class Typer:
         return self.info.lets[name]
 
     def guess(self, decl: ast.GuessDecl) -> Expr:
-        """`guess u = e`: e has the control's shape (one value for every stage) or [T, *shape]."""
+        """`guess u = e` / `guess x = e`: e has the variable's shape (one value for every stage) or
+        a per-stage shape: [T, *shape] for a control, [T+1, *shape] for a state (the nodes of
+        multiple shooting; node 0 is the initial state)."""
         var = self.info.variables.get(decl.target)
-        if var is None or var.ref.kind is not ast.VarKind.CONTROL:
-            raise Located(decl.target_span, f"`guess` sets the initial value of a control; '{decl.target}' is not one")
+        if var is None or var.ref.kind not in (ast.VarKind.CONTROL, ast.VarKind.STATE):
+            raise Located(decl.target_span, f"`guess` sets the initial value of a control or a state; "
+                                            f"'{decl.target}' is neither")
         typed = _no_stage_values(self.expr(decl.expr), "a guess")
         if any(r.is_decision for r in typed.variables()):
             raise Located(decl.expr.span, "a guess cannot depend on states or controls",
                           "use numbers, consts, params and inputs")
-        per_stage = (self.info.horizon,) + var.shape
+        stages = self.info.horizon + (var.ref.kind is ast.VarKind.STATE)
+        per_stage = (stages,) + var.shape
         for target in (var.shape, per_stage):
             try:
                 if broadcast(typed.shape, target) == target:

@@ -48,6 +48,7 @@ class Solver:
     smooth: bool = True                    # needs derivatives: no abs/relu/min/max/clip of decisions
     takes_blocks: bool = True              # neural blocks inside expressions
     exact: bool = True                     # converges to a (local) optimum to tight tolerance: cross-checked
+    state_guess: bool = False              # takes `guess STATE = ...` (the nodes of multiple shooting)
 
     def accepts(self, graph: nx.DiGraph, info: PlanInfo) -> list[Problem]:
         """Everything in the plan this solver cannot take; empty when it takes the plan."""
@@ -67,6 +68,10 @@ class Solver:
                 out += [] if blocks else self._smooth_problem(ir)
             elif kind is NodeKind.CONSTRAINT:
                 out += self._block_problem(data["ir"]) or self._constraint_problem(data, info)
+            elif kind is NodeKind.GUESS and not self.state_guess and \
+                    info.variables[data["decl"].target].ref.kind is VarKind.STATE:
+                out.append((data["decl"].target_span, f"solve {self.name} takes no guess of a state",
+                            "a state guess sets the nodes of `solve ilqr(shooting=multiple)`"))
         for var in info.variables.values():
             if var.lower is None:
                 continue

@@ -2,6 +2,7 @@
 from compiler.lower.backends import ILQRBackend
 from compiler.options import Number, Option, Schema, Symbol
 from compiler.solvers.base import ConstraintSupport, Solver
+from planlang.ast import VarKind
 
 
 class ILQR(Solver):
@@ -14,9 +15,20 @@ class ILQR(Solver):
         model=Option(Symbol(("gauss_newton", "newton")), "gauss_newton",
                      "stage model: Gauss-Newton, or Newton with the dynamics curvature"),
         constraint_tol=Option(Number(minimum=0), None, "tolerance on the constraint violation (default sqrt(eps))"),
+        shooting=Option(Symbol(("single", "multiple")), "single",
+                        "single: the states are the rollout of the controls; multiple: the states are "
+                        "variables too, joined by the dynamics as constraints (runtime.ilqr_shooting)"),
         cost_tol=Option(Number(minimum=0), None, "relative predicted cost decrease that also stops a solve "
                                                  "(default eps^(3/4); 0 switches it off)"))
     constraints = ConstraintSupport.NONLINEAR
+    state_guess = True
+
+    def validate(self, options, info):
+        states = [name for name in info.guesses if info.variables[name].ref.kind is VarKind.STATE]
+        if states and options["shooting"] != "multiple":
+            return [f"a guess of state '{states[0]}' sets the nodes of multiple shooting: "
+                    f"add shooting=multiple"]
+        return []
 
     def backend(self, graph, info, layout):
         return ILQRBackend(graph, info, layout)
