@@ -176,37 +176,35 @@ def _box_qp_faces(H: torch.Tensor, q: torch.Tensor, lo: torch.Tensor, hi: torch.
     Face p in {-1, 0, 1}^m fixes x_i = lo_i (p_i = -1) or hi_i (p_i = 1) and leaves the rest
     free: x_f = -H_ff^{-1} (q_f + H_fc x_c). Faces at an infinite bound, with a free block that
     is not positive definite, or whose minimizer leaves the box are discarded. NOT_CONVEX where
-    H itself is not positive definite (the face argument needs it); NUMERICAL on NaN/Inf data."""
+    H itself (the all-free face) is not positive definite (the face argument needs it);
+    NUMERICAL on NaN/Inf data. Written for few tensor ops: it runs once per stage of the iLQR
+    backward pass, where per-op overhead is the cost on CPU."""
     B, m = q.shape
+    at_lo, at_hi, free, pair, middle = _face_patterns(m, q.device)
     eye = torch.eye(m, dtype=q.dtype, device=q.device)
-    pattern = _face_patterns(m, q.device)                                               # (F, m)
-    fixed = pattern != 0
-    free = ~fixed
-    value = torch.where(pattern < 0, lo[:, None], torch.where(pattern > 0, hi[:, None], 0.0))
-    valid = torch.isfinite(value).all(-1)                                               # (B, F)
-    value = torch.where(torch.isfinite(value), value, 0.0)
-    pair = free[:, :, None] & free[:, None, :]                                          # (F, m, m)
-    H_faces = torch.where(pair, H[:, None], eye)                                        # (B, F, m, m)
-    rhs = torch.where(free, -(q[:, None] + (H[:, None] @ value[..., None]).squeeze(-1)), 0.0)
-    chol, info = torch.linalg.cholesky_ex(H_faces)
-    chol = torch.where((info == 0)[..., None, None], chol, eye)
-    x = torch.where(fixed, value, torch.cholesky_solve(rhs[..., None], chol).squeeze(-1))
-    feasible = valid & (info == 0) & ((lo[:, None] <= x) & (x <= hi[:, None])).all(-1)
-    objective = _objective(H, q, x)                                                     # (B, F)
+    value = torch.where(at_lo, lo[:, None], torch.where(at_hi, hi[:, None], 0.0))       # (B, F, m)
+    finite = torch.isfinite(value)
+    value = torch.where(finite, value, 0.0)
+    rhs = torch.where(free, -(q[:, None] + value @ H), 0.0)                  # H symmetric
+    chol, info = torch.linalg.cholesky_ex(torch.where(pair, H[:, None], eye))          # (B, F, m, m)
+    factored = info == 0
+    chol = torch.where(factored[..., None, None], chol, eye)
+    x = torch.where(free, torch.cholesky_solve(rhs[..., None], chol).squeeze(-1), value)
+    feasible = factored & (finite & (lo[:, None] <= x) & (x <= hi[:, None])).all(-1)
+    objective = ((0.5 * (x @ H) + q[:, None]) * x).sum(-1)                              # (B, F)
     best = torch.where(feasible, objective, torch.inf).argmin(-1)                       # (B,)
-    x = x.gather(1, best[:, None, None].expand(B, 1, m)).squeeze(1)
-    free = free[best]
-    chol_best = chol.gather(1, best[:, None, None, None].expand(B, 1, m, m)).squeeze(1)
-    inverse = torch.cholesky_inverse(chol_best)
-    free_inverse = torch.where(free[:, :, None] & free[:, None, :], inverse, 0.0)
-    _, info_H = torch.linalg.cholesky_ex(H)
-    status = torch.where(info_H == 0, int(Status.SOLVED), int(Status.NOT_CONVEX))
-    finite = torch.isfinite(H).flatten(1).all(1) & torch.isfinite(q).all(1)
-    status = torch.where(finite, status, int(Status.NUMERICAL))
-    return BoxQPResult(x, free, free_inverse, status, torch.zeros_like(status))
+    rows = torch.arange(B, device=q.device)
+    free_best = free[best]
+    free_inverse = torch.where(pair[best], torch.cholesky_inverse(chol[rows, best]), 0.0)
+    status = torch.where(factored[:, middle], int(Status.SOLVED), int(Status.NOT_CONVEX))
+    status = torch.where(torch.isfinite(H.sum((1, 2)) + q.sum(1)), status, int(Status.NUMERICAL))
+    return BoxQPResult(x[rows, best], free_best, free_inverse, status, torch.zeros_like(status))
 
 
 @lru_cache(maxsize=None)
-def _face_patterns(m: int, device: torch.device) -> torch.Tensor:
-    """The 3^m faces of an m-box as rows of {-1 (at lo), 0 (free), 1 (at hi)}: (3^m, m)."""
-    return torch.tensor(list(product((-1, 0, 1), repeat=m)), device=device)
+def _face_patterns(m: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The 3^m faces of an m-box, each coordinate at lo, at hi or free: the masks at_lo, at_hi,
+    free (3^m, m), the free pairs (3^m, m, m), and the index of the all-free face."""
+    pattern = torch.tensor(list(product((-1, 0, 1), repeat=m)), device=device)
+    free = pattern == 0
+    return pattern < 0, pattern > 0, free, free[:, :, None] & free[:, None, :], (3 ** m - 1) // 2
