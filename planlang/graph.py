@@ -76,8 +76,8 @@ def _references(decl, blocks: dict[str, str]) -> list[tuple[ast.Name, bool]]:
     refs = [(n, True) for n in kind.compile_time_names(decl) if n not in ast.names_in(kind.expr(decl))]
     for expr in kind.values(decl):
         refs += [(n, True) for n in ast.names_in(expr)]
-        refs += [(ast.Name(c.span, c.func), False) for c in ast.walk(expr)
-                 if isinstance(c, ast.Call) and c.func in blocks]
+        refs += [(ast.Name(c.span, c.func.split(".")[0]), False) for c in ast.walk(expr)
+                 if isinstance(c, ast.Call) and c.func.split(".")[0] in blocks]
     refs += [(name, required and not kind.local_names) for expr in kind.options(decl)
              for name, required in _option_names(expr)]
     if isinstance(decl, ast.ContinualDecl):
