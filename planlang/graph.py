@@ -90,8 +90,9 @@ def _option_names(expr) -> list[tuple[ast.Name, bool]]:
     `implicit(cg, iters=20)` or `[a, b]`) may be a symbol; names inside arithmetic must resolve."""
     if isinstance(expr, ast.Name):
         return [(expr, False)]
-    if isinstance(expr, ast.Call):
-        return [r for a in list(expr.args) + [k.value for k in expr.keywords] for r in _option_names(a)]
+    if isinstance(expr, ast.Call):          # its callee too: a block called in a setting (`state = m.encode(obs)`)
+        return [(ast.Name(expr.span, expr.func.split(".")[0]), False)] + \
+            [r for a in list(expr.args) + [k.value for k in expr.keywords] for r in _option_names(a)]
     if isinstance(expr, ast.Array):
         return [r for item in expr.items for r in _option_names(item)]
     return [(n, True) for n in ast.names_in(expr)]

@@ -326,7 +326,8 @@ class PlanModule(nn.Module):
         self._require_trajectory("trajectory_cost")
         env, _, like = self.bind(values, initial_states=False, like=torch.zeros((), dtype=x.dtype, device=x.device))
         B, T = u.shape[:2]
-        rows = {ref: v.repeat_interleave(T, dim=0) if v.shape[0] == B > 1 else v for ref, v in env.items()}
+        rows = {ref: v.repeat_interleave(T, dim=0) if torch.is_tensor(v) and v.shape[0] == B > 1 else v
+                for ref, v in env.items()}                          # (blocks' modules stay as they are)
         states = self.backend.with_clock(x[:, :-1])                # stage t's data at row t (compiler.lower.stages)
         stages = self.backend.stage_cost(rows, states.reshape(B * T, -1), u.reshape(B * T, -1), like)
         return stages.reshape(B, T).sum(1) + self.backend.final_cost(env, x[:, -1], like)
