@@ -11,7 +11,8 @@ reward of each step. Every run of k consecutive transitions of one episode is a 
     reward   (W, k)          r_t .. r_t+k-1 (when the file has them)
 
 and the loss is the sequence loss of `runtime.latent_world_model` (reconstruction, reward, KL
-balancing with free bits), with early stopping on held-out sequences.
+balancing with free bits, plus `multistep_weight` times the open-loop error of the prior's
+rollout), with early stopping on held-out sequences.
 """
 from __future__ import annotations
 
@@ -69,13 +70,15 @@ def latent_windows(module, call, data: Mapping[str, Tensor], steps: int, where: 
 
 
 class LatentModelLoss:
-    """The sequence loss of latent block `block` of a compiled plan: the Trainer's `(module, batch)` loss."""
+    """The sequence loss of latent block `block` of a compiled plan, its open-loop term weighted by
+    `multistep_weight`: the Trainer's `(module, batch)` loss."""
 
-    def __init__(self, block: str):
-        self.block = block
+    def __init__(self, block: str, multistep_weight: float = 1.0):
+        self.block, self.multistep_weight = block, multistep_weight
 
     def __call__(self, module, batch):
-        return module.blocks[self.block].loss(batch["obs"], batch["actions"], batch.get("reward"))
+        return module.blocks[self.block].loss(batch["obs"], batch["actions"], batch.get("reward"),
+                                              open_loop_weight=self.multistep_weight)
 
 
 def fit_latent_world_model(module, call, transitions: Mapping[str, Tensor], where: str, config: TrainConfig, *,
@@ -86,13 +89,13 @@ def fit_latent_world_model(module, call, transitions: Mapping[str, Tensor], wher
     and rewards fitted on the training sequences when the block has none (or
     `refit_normalization`), early stopping on the validation loss. Returns the history."""
     options = dict(config.loss_options)
-    steps = int(options.get("steps", 3))
+    steps = int(options.pop("steps", 3))
     batch = latent_windows(module, call, transitions, steps, where)
     train_set, validation = split(batch, config.validation, config.seed)
     block = module.blocks[call.block]
     if refit_normalization or not bool(block.fitted):
         block.fit_normalization(train_set["obs"], train_set.get("reward"))
-    trainer = Trainer(module, LatentModelLoss(call.block), config,
+    trainer = Trainer(module, LatentModelLoss(call.block, **options), config,
                       default_callbacks(config, checkpoint_extra) if callbacks is None else callbacks)
     if state is not None:
         trainer.load_state_dict(state)

@@ -8,17 +8,22 @@ latent. With observations o_t (B, T+1, k) (normalized by fitted buffers) and act
                                                                  first included, is one GRU update
     encoder          e_t = enc(o_t)
     posterior        q(z_t | h_t, e_t) = N(μ_q, σ_q²)         prior  p(z_t | h_t) = N(μ_p, σ_p²)
-    decoder          p(o_t | h_t, z_t) = N(dec(h_t, z_t), I)
-    reward head      p(r_t | h_t, z_t, a_t) = N(rew(h_t, z_t, a_t), 1)   (the reward of the step
+    decoder          p(o_t | h_t, z_t) = N(dec(h_t, z_t), σ² I)       (σ = `likelihood_std`, normalized units)
+    reward head      p(r_t | h_t, z_t, a_t) = N(rew(h_t, z_t, a_t), σ²)  (the reward of the step
                                                                  from o_t under a_t, gymnasium's r_t;
                                                                  normalized by fitted buffers)
     continue head    p(c_t | h_t, z_t) = Bernoulli(σ(cont(h_t, z_t)))   (c_t = 1 - done, step into t)
 
     L_pred = -log p(o_t | ·) - log p(r_t | ·) - log p(c_t | ·)    (the terms the batch has data for)
     L_dyn  = max(free_bits, KL[sg(q) ‖ p]),   L_rep = max(free_bits, KL[q ‖ sg(p)])
-    L      = mean_t (L_pred + β_dyn L_dyn + β_rep L_rep)            (DreamerV3: β_dyn 0.5, β_rep 0.1)
+    L_ol   = mean_t (½ |dec(ŝ_t+1) - o_t+1|² + ½ (r̂(ŝ_t, a_t) - r_t)²) / σ²    (normalized units)
+             with ŝ_0 = [h_0; z_0] filtered, ŝ_t+1 = the prior step's mean from ŝ_t under a_t:
+             the open-loop error of what a planner rolls out (latent overshooting in observation space)
+    L      = mean_t (L_pred + β_dyn L_dyn + β_rep L_rep) + w_ol L_ol   (DreamerV3: β_dyn 0.5, β_rep 0.1)
 
-sg is stop-gradient; the KL is summed over latent dimensions (free bits: nats per step).
+sg is stop-gradient; the KL is summed over latent dimensions (free bits: nats per step). With
+few observation entries (a pendulum's 3, not an image's thousands) a unit σ lets the KL terms
+outweigh the predictions; σ = 0.1 (the default) weights the squared errors by 1/σ² = 100.
 
 Planning in the latent state (s (B, deter + stoch), a (B, m)):
 
@@ -50,13 +55,15 @@ class LatentWorldModel(nn.Module):
     """See the module docstring. obs: k, actions: m, deter: |h|, stoch: |z|."""
 
     def __init__(self, obs: int, actions: int, deter: int = 64, stoch: int = 16, hidden: int = 64,
-                 free_bits: float = 1.0, beta_dyn: float = 0.5, beta_rep: float = 0.1):
+                 free_bits: float = 1.0, beta_dyn: float = 0.5, beta_rep: float = 0.1,
+                 likelihood_std: float = 0.1):
         super().__init__()
         if min(obs, actions, deter, stoch, hidden) < 1:
             raise ValueError(f"a latent world model needs obs, actions, deter, stoch, hidden >= 1; got "
                              f"{obs}, {actions}, {deter}, {stoch}, {hidden}")
         self.obs, self.actions, self.deter, self.stoch = obs, actions, deter, stoch
         self.free_bits, self.beta_dyn, self.beta_rep = free_bits, beta_dyn, beta_rep
+        self.precision = 1.0 / likelihood_std ** 2
         self.cell = nn.GRUCell(stoch + actions, deter)
         self.encoder = MLP(obs, hidden, (hidden,), "elu")
         self.posterior_net = MLP(deter + hidden, 2 * stoch, (hidden,), "elu")
@@ -184,21 +191,24 @@ class LatentWorldModel(nn.Module):
         return torch.stack(out, 1)
 
     def loss(self, obs: Tensor, actions: Tensor, reward: Optional[Tensor] = None,
-             done: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
+             done: Optional[Tensor] = None, open_loop_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
         """The module docstring's L for one batch of sequences obs (B, T+1, k), actions (B, T, m);
-        reward (B, T) is r_t of the step from o_t under a_t, done (B, T) ends after step t.
-        Returns (loss, metrics): `mse` (decoded observation, normalized, per entry), `kl`, and
-        `reward_mse` (normalized) / `continue` when given."""
-        h, z, q, p = self.observe(obs, actions)
+        reward (B, T) is r_t of the step from o_t under a_t, done (B, T) ends after step t. In
+        training mode z is sampled from the posterior (reparametrized), in eval mode its mean (a
+        deterministic validation loss).
+        `open_loop_weight` is w_ol. Returns (loss, metrics): `mse` (decoded observation,
+        normalized, per entry), `kl`, `rollout_mse` (the open-loop observation error at the last
+        step, per entry), and `reward_mse` (normalized) / `continue` when given."""
+        h, z, q, p = self.observe(obs, actions, sample=self.training)
         feat = torch.cat([h, z], -1)
         target = (obs - self.obs_mean) / self.obs_std
         sq = (self.decoder(feat) - target).pow(2)                                         # (B, T+1, k)
-        pred = 0.5 * sq.sum(-1).mean()
+        pred = 0.5 * self.precision * sq.sum(-1).mean()
         metrics = {"mse": sq.mean().detach()}
         if reward is not None:
             predicted = self.reward_head(torch.cat([feat[:, :-1], actions], -1))[..., 0]
             r_sq = (predicted - (reward - self.reward_mean) / self.reward_std).pow(2).mean()
-            pred = pred + 0.5 * r_sq
+            pred = pred + 0.5 * self.precision * r_sq
             metrics["reward_mse"] = r_sq.detach()
         if done is not None:
             c_loss = F.binary_cross_entropy_with_logits(self.continue_head(feat[:, 1:])[..., 0], 1.0 - done.to(obs.dtype))
@@ -206,7 +216,26 @@ class LatentWorldModel(nn.Module):
             metrics["continue"] = c_loss.detach()
         dyn, rep = self.kl_terms(q, p)
         metrics["kl"] = kl_divergence(q, p).sum(-1).mean().detach()
-        return pred + self.beta_dyn * dyn + self.beta_rep * rep, metrics
+        open_loop, rollout_mse = self._open_loop(feat[:, 0], target, actions, reward)
+        metrics["rollout_mse"] = rollout_mse
+        return pred + self.beta_dyn * dyn + self.beta_rep * rep + open_loop_weight * open_loop, metrics
+
+    def _open_loop(self, s0: Tensor, target: Tensor, actions: Tensor, reward: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """(L_ol, the last step's observation error per entry) of the prior's mean rollout from
+        s0 (B, latent) under actions (B, T, m), against normalized observations target (B, T+1, k)
+        and rewards reward (B, T) (or None)."""
+        s, obs_sq, reward_sq = s0, [], []
+        for t in range(actions.shape[1]):
+            if reward is not None:
+                predicted = self.reward_head(torch.cat([s, actions[:, t]], -1))[..., 0]
+                reward_sq.append((predicted - (reward[:, t] - self.reward_mean) / self.reward_std).pow(2))
+            s = self(s, actions[:, t])
+            obs_sq.append((self.decoder(s) - target[:, t + 1]).pow(2))
+        errors = torch.stack(obs_sq, 1)                                                   # (B, T, k)
+        loss = 0.5 * errors.sum(-1).mean()
+        if reward is not None:
+            loss = loss + 0.5 * torch.stack(reward_sq, 1).mean()
+        return self.precision * loss, errors[:, -1].mean().detach()
 
     def kl_terms(self, q: Normal, p: Normal) -> tuple[Tensor, Tensor]:
         """(L_dyn, L_rep): KL balancing with free bits; L_dyn trains the prior only, L_rep the

@@ -246,7 +246,7 @@ def test_training_on_sequences_reduces_held_out_error_and_round_trips(tmp_path):
     history = planlang.train(module, path, config, plan=plan)
     after = _held_out_loss(module, held)
     assert after < 0.6 * before
-    assert history[-1]["val_mse"] < history[0]["val_mse"] and "val_kl" in history[-1]
+    assert history[-1]["val_mse"] < history[0]["val_mse"] and {"val_kl", "val_rollout_mse"} <= set(history[-1])
     reloaded = planlang.compile(plan, weights=tmp_path / "ck.pt", dtype=torch.float64)
     for key, value in module.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0)
@@ -264,6 +264,25 @@ def test_sequence_data_must_fit_the_model():
         planlang.train(module, {k: v for k, v in data.items() if k != "reward"}, TrainConfig(loss="model", progress=False))
     with pytest.raises(TransitionsError, match="no run of 9 consecutive transitions"):
         planlang.train(module, data, TrainConfig(loss="model", loss_options={"steps": 9}, progress=False))
+
+
+def test_the_open_loop_term_is_the_prior_rollout_error():
+    torch.manual_seed(0)
+    model = LatentWorldModel(obs=3, actions=1, deter=3, stoch=2, hidden=8, likelihood_std=0.5).double().eval()
+    data = {k: torch.as_tensor(v) for k, v in sequences(3, 5, seed=0).items()}
+    obs = torch.cat([data["x"].reshape(3, 5, 3), data["x_next"].reshape(3, 5, 3)[:, -1:]], 1)
+    actions, reward = data["u"].reshape(3, 5, 1), data["reward"].reshape(3, 5)
+    plain, metrics = model.loss(obs, actions, reward)
+    weighted, _ = model.loss(obs, actions, reward, open_loop_weight=2.0)
+    h, z, _, _ = model.observe(obs, actions, sample=False)
+    s, obs_sq, reward_sq = torch.cat([h[:, 0], z[:, 0]], -1), 0.0, 0.0
+    for t in range(5):                                   # the docstring's L_ol, step by step
+        reward_sq = reward_sq + (model.reward(s, actions[:, t]) - reward[:, t]).pow(2) / model.reward_std ** 2
+        s = model(s, actions[:, t])
+        obs_sq = obs_sq + ((model.decode(*s.split([3, 2], -1)) - obs[:, t + 1]) / model.obs_std).pow(2).sum(-1)
+    expected = 0.5 * (obs_sq.mean() + reward_sq.mean()) / 5 / 0.25
+    torch.testing.assert_close(weighted - plain, 2.0 * expected)
+    assert float(metrics["rollout_mse"]) > 0
 
 
 # ------------------------------------------------------------------ mbrl end to end
