@@ -669,6 +669,8 @@ class Typer:
         if e.keywords:
             raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
         args = [self.expr(a) for a in e.args]
+        if owner not in self.info.blocks:
+            raise Located(e.span, f"block '{owner}' has errors (above), so its methods cannot be typed")
         try:
             fn = block_method(self.info.blocks[owner], method)
             shape = fn.shape([a.shape for a in args], [])
