@@ -4,9 +4,10 @@
         true-model MPPI (the plan's own dynamics) and uniformly random actions on the plan's env,
         episode e reset with seed + e: the returns, as JSON on stdout.
     python benchmarks/world_models.py accuracy --plan examples/pendulum_wm.plan --train 2000 --test 1000
-        fit `kind=mlp` and `kind=ensemble` versions of the plan's world model, and the runtime's
-        latent model (Pendulum observations (cos, sin, thdot)), on random-action transitions of the
-        env, and report on held-out episodes: the state error (RMSE, angles wrapped) 1 and 30
+        fit `kind=mlp` and `kind=ensemble` versions of the plan's world model, and the latent
+        plan's `world_model(kind=latent)` block (--latent-plan, on Pendulum observations
+        (cos, sin, thdot), its own train block), on random-action transitions of the
+        env (--kinds picks which), and report on held-out episodes: the state error (RMSE, angles wrapped) 1 and 30
         open-loop steps after step 10 of each 40-step window under the recorded actions, one-step
         MSE, and the one-step Gaussian NLL per state entry (ensemble: the moment-matched mixture of
         its members; mlp and latent: not defined).
@@ -57,7 +58,8 @@ def accuracy(args) -> dict:
     test = collect_env(base, None, args.test, "random", seed=args.seed + 10_000)
     windows = test_windows(test, CONTEXT + args.horizon)
     out = {"test_windows": int(windows.shape[0])}
-    for kind in ("mlp", "ensemble"):
+    kinds = args.kinds.split(",")
+    for kind in [k for k in ("mlp", "ensemble") if k in kinds]:
         plan = planlang.loads(_variant(text, kind), args.plan)
         torch.manual_seed(args.seed)
         module = planlang.compile(plan, dtype=torch.float32)
@@ -66,10 +68,16 @@ def accuracy(args) -> dict:
         history = fit_world_model(module, train, config)
         seconds = time.perf_counter() - start
         out[kind] = {**evaluate(module, test, windows, args.horizon), "fit_s": seconds, "epochs": len(history)}
-    start = time.perf_counter()
-    latent, epochs = fit_latent(train, args)
-    out["latent"] = {**evaluate_latent(latent, test, windows, args.horizon), "fit_s": time.perf_counter() - start,
-                     "epochs": epochs}
+    if "latent" in kinds:
+        plan = planlang.load(args.latent_plan)
+        torch.manual_seed(args.seed)
+        module = planlang.compile(plan, dtype=torch.float32)
+        observed = collect_env(module, None, args.train, "random", seed=args.seed)   # train's episodes, observed
+        config = replace(plan_train_config(plan), epochs=args.latent_epochs, progress=False, patience=10)
+        start = time.perf_counter()
+        history = fit_world_model(module, observed, config)
+        out["latent"] = {**evaluate_latent(module.blocks[the_world_model(module).block], test, windows, args.horizon),
+                         "fit_s": time.perf_counter() - start, "epochs": len(history)}
     return out
 
 
@@ -117,26 +125,6 @@ def obs_state(o: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.atan2(o[..., 1], o[..., 0]), o[..., 2]], -1)
 
 
-def fit_latent(train: dict, args) -> tuple[LatentWorldModel, int]:
-    """The latent model on 50-step sequences of the training episodes (Pendulum observations)."""
-    torch.manual_seed(args.seed)
-    index = test_windows(train, 51)
-    obs = pendulum_obs(train["x"][index])                                              # (W, 51, 3)
-    obs[:, -1] = pendulum_obs(train["x_next"][index[:, -2]])
-    u = train["u"][index[:, :-1]]
-    model = LatentWorldModel(obs=3, actions=1, deter=64, stoch=16, hidden=64)
-    model.fit_normalization(obs)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.latent_epochs):
-        for batch in torch.randperm(obs.shape[0], generator=generator).split(16):
-            loss, _ = model.loss(obs[batch], u[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model, args.latent_epochs
-
-
 @torch.no_grad()
 def evaluate_latent(model: LatentWorldModel, data: dict, windows: torch.Tensor, horizon: int) -> dict:
     """Filter the first CONTEXT + 1 observations of each window, imagine `horizon` steps, and
@@ -166,7 +154,9 @@ def main() -> None:
     a.add_argument("--test", type=int, default=1000)
     a.add_argument("--epochs", type=int, default=100)
     a.add_argument("--horizon", type=int, default=30)
-    a.add_argument("--latent-epochs", type=int, default=60)
+    a.add_argument("--latent-epochs", type=int, default=100)
+    a.add_argument("--latent-plan", default="examples/pendulum_latent.plan")
+    a.add_argument("--kinds", default="mlp,ensemble,latent", help="which models to fit (comma separated)")
     a.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()

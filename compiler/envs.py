@@ -8,8 +8,11 @@ becomes the plan's state.
     }
 
 `state` may use `obs`, consts, params and inputs; without it the observation is the state.
+An optional `update = ...` is the state of every later observation of an episode: it may also
+use the plan's states and controls, which there mean the previous state and the control just
+applied (a filter, e.g. a latent world model's `update = m.filter(s, u, obs)`).
 The plan's controls (concatenated) are the action. Lowered to an `EnvSpec` whose `observe`
-maps a batch of observations (B, k) to states (B, n).
+maps a batch of observations (B, k) to states (B, n), and `advance` later ones.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from planlang import ast
 from planlang.errors import Collector, did_you_mean
 from planlang.source import Span
 
-SETTINGS = ("observe", "state", "steps")
+SETTINGS = ("observe", "state", "update", "steps")
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,15 +38,25 @@ class EnvSpec:
     state: Expr | None         # typed state expression of the observation (None: the observation itself)
     steps: int
     span: Span
+    update: Expr | None = None  # typed state of a later observation from the previous state and control
 
     def __post_init__(self):
         object.__setattr__(self, "_observe", None if self.state is None else NumericFunction(self.state, "observe"))
+        object.__setattr__(self, "_update", None if self.update is None else NumericFunction(self.update, "update"))
 
     def observe(self, env: dict, obs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """States (B, n) from observations (B, k) (env binds params and inputs)."""
         if self._observe is None:
             return obs
         value = self._observe({**env, self.observation: obs}, like)
+        return value.reshape(value.shape[0], -1)
+
+    def advance(self, env: dict, decisions: dict, obs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """States (B, n) of later observations obs (B, k) from `decisions`, the previous states and
+        the controls applied by name (`Layout.numeric(x, u)`); `observe` when there is no `update`."""
+        if self._update is None:
+            return self.observe(env, obs, like)
+        value = self._update({**env, **decisions, self.observation: obs}, like)
         return value.reshape(value.shape[0], -1)
 
 
@@ -78,20 +91,21 @@ def env_spec(decl: ast.BracedDecl, info: PlanInfo, typer_for, errors: Collector)
     n = sum(v.size for v in info.variables.values() if v.ref.kind is ast.VarKind.STATE)
     state = None
     if "state" in settings:
-        from compiler.passes.shapes import Located
-        try:
-            state = typer_for(scope).expr(settings["state"].value)
-        except Located as err:
-            errors.add(err.span, err.message, err.hint)
-            return None
-        if state.shape not in ((n,), () if n == 1 else (n,)):
-            errors.add(settings["state"].value.span, f"the state from the observation has shape {list(state.shape)}, "
-                       f"but the plan's states have {n} entries")
+        state = _state_expr(settings["state"], scope, typer_for, n, "the state from the observation", errors)
+        if state is None:
             return None
     elif size != n:
         errors.add(observe.span, f"the observation has {size} entries and the plan's states {n}",
                    "map it: `state = [...]` of the observation")
         return None
+    update = None
+    if "update" in settings:          # sees the previous states and the controls applied, too
+        decisions = {k: v for k, v in info.variables.items() if v.ref.is_decision}
+        update = _state_expr(settings["update"], PlanInfo(horizon=info.horizon, consts=info.consts, blocks=info.blocks,
+                                                          variables={**scope.variables, **decisions}),
+                             typer_for, n, "the updated state", errors)
+        if update is None:
+            return None
     steps = 200
     if "steps" in settings:
         value = settings["steps"].value
@@ -100,7 +114,21 @@ def env_spec(decl: ast.BracedDecl, info: PlanInfo, typer_for, errors: Collector)
             errors.add(value.span if value else settings["steps"].span, "steps must be a positive integer")
             return None
         steps = int(number)
-    return EnvSpec(decl.label.value, ref, size, state, steps, decl.span)
+    return EnvSpec(decl.label.value, ref, size, state, steps, decl.span, update)
+
+
+def _state_expr(setting: ast.Setting, scope: PlanInfo, typer_for, n: int, what: str, errors: Collector) -> Expr | None:
+    """The typed expression of `setting`, a vector of the plan's n state entries (None after an error)."""
+    from compiler.passes.shapes import Located
+    try:
+        typed = typer_for(scope).expr(setting.value)
+    except Located as err:
+        errors.add(err.span, err.message, err.hint)
+        return None
+    if typed.shape not in ((n,), () if n == 1 else (n,)):
+        errors.add(setting.value.span, f"{what} has shape {list(typed.shape)}, but the plan's states have {n} entries")
+        return None
+    return typed
 
 
 def _observation(setting: ast.Setting, errors: Collector) -> tuple[str | None, int]:

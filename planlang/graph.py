@@ -76,8 +76,8 @@ def _references(decl, blocks: dict[str, str]) -> list[tuple[ast.Name, bool]]:
     refs = [(n, True) for n in kind.compile_time_names(decl) if n not in ast.names_in(kind.expr(decl))]
     for expr in kind.values(decl):
         refs += [(n, True) for n in ast.names_in(expr)]
-        refs += [(ast.Name(c.span, c.func), False) for c in ast.walk(expr)
-                 if isinstance(c, ast.Call) and c.func in blocks]
+        refs += [(ast.Name(c.span, c.func.split(".")[0]), False) for c in ast.walk(expr)
+                 if isinstance(c, ast.Call) and c.func.split(".")[0] in blocks]
     refs += [(name, required and not kind.local_names) for expr in kind.options(decl)
              for name, required in _option_names(expr)]
     if isinstance(decl, ast.ContinualDecl):
@@ -90,8 +90,9 @@ def _option_names(expr) -> list[tuple[ast.Name, bool]]:
     `implicit(cg, iters=20)` or `[a, b]`) may be a symbol; names inside arithmetic must resolve."""
     if isinstance(expr, ast.Name):
         return [(expr, False)]
-    if isinstance(expr, ast.Call):
-        return [r for a in list(expr.args) + [k.value for k in expr.keywords] for r in _option_names(a)]
+    if isinstance(expr, ast.Call):          # its callee too: a block called in a setting (`state = m.encode(obs)`)
+        return [(ast.Name(expr.span, expr.func.split(".")[0]), False)] + \
+            [r for a in list(expr.args) + [k.value for k in expr.keywords] for r in _option_names(a)]
     if isinstance(expr, ast.Array):
         return [r for item in expr.items for r in _option_names(item)]
     return [(n, True) for n in ast.names_in(expr)]

@@ -61,14 +61,23 @@ def random_controller(action_space, seed: int, dtype: torch.dtype, hold: int = 1
 
 
 def episode_transitions(module, episode: Episode, index: int, bound: dict, like: Tensor) -> dict[str, Tensor]:
-    """An environment episode as transitions of the plan's states (the env block's observe)."""
+    """An environment episode as transitions of the plan's states (the env block's observe), or
+    of the raw observations when the plan's world model is latent (it learns its own state)."""
     spec = module.info.env
-    states = spec.observe(bound, episode.observations.to(like).reshape(episode.observations.shape[0], -1), like)
+    observations = episode.observations.to(like).reshape(episode.observations.shape[0], -1)
+    states = observations if _latent_plan(module) else spec.observe(bound, observations, like)
     S = episode.actions.shape[0]
     done = torch.zeros(S, dtype=torch.bool)
     done[-1] = True
     return {"x": states[:-1], "u": episode.actions.to(like).reshape(S, -1), "x_next": states[1:],
             "reward": episode.rewards.to(like), "done": done, "episode": torch.full((S,), index, dtype=torch.long)}
+
+
+def _latent_plan(module) -> bool:
+    """The plan has a latent world model (and so learns from observations, not states)."""
+    from planlang.latent_models import is_latent
+
+    return any(is_latent(module, name) for name in module.info.blocks)
 
 
 def _env_setup(module, env):

@@ -254,6 +254,12 @@ class _ToAST(Transformer):
         base, name = children
         return ast.Attribute(_span(meta), base, str(name))
 
+    def method_call(self, meta, children):
+        """`NAME.method(args)`: a call of a block's method, func 'NAME.method' (compiler.latent_block)."""
+        base, method, *args = children
+        owner = base.id if isinstance(base, ast.Name) else "(expression)"
+        return self.call_expr(meta, [f"{owner}.{method}", *args])
+
     def number(self, meta, children):
         tok = children[0]
         return ast.Number(_span(meta), float(tok), is_int=tok.isdigit())

@@ -21,9 +21,11 @@ import torch
 from torch import Tensor
 
 from compiler.blocks import WorldModelBlock
+from compiler.latent_block import LatentWorldModelBlock
 from compiler.ir import Expr, Op, VarRef
 from planlang.ast import VarKind
 from planlang.graph import NodeKind
+from planlang.latent_models import fit_latent_world_model, is_latent
 from runtime.losses import ModelLoss
 from runtime.training import Callback, TrainConfig, Trainer, default_callbacks, split
 from runtime.transitions import INPUT_PREFIX, TransitionsError, check_transitions, load_transitions, windows
@@ -45,7 +47,7 @@ def world_model_calls(module) -> list[WorldModelCall]:
         if data["kind"] is not NodeKind.DYNAMICS:
             continue
         ir: Expr = data["ir"]
-        if not (ir.op is Op.CALL and getattr(ir.attr, "is_block", False) and isinstance(ir.attr.kind, WorldModelBlock)):
+        if not (ir.op is Op.CALL and getattr(ir.attr, "is_block", False) and isinstance(ir.attr.kind, (WorldModelBlock, LatentWorldModelBlock))):
             continue
         name = ir.attr.name
         refs = []
@@ -160,8 +162,11 @@ def fit_world_model(module, data: str | Path | Mapping[str, Tensor], config: Tra
     else:
         transitions, where = check_transitions(dict(data), "transitions", witness.dtype), "transitions"
     transitions = {k: v.to(witness.device) for k, v in transitions.items()}
-    check_against_plan(module, transitions, where)
     call = the_world_model(module)
+    if is_latent(module, call.block):           # trained on observations: planlang.latent_models
+        return fit_latent_world_model(module, call, transitions, where, config, checkpoint_extra=checkpoint_extra,
+                                      callbacks=callbacks, refit_normalization=refit_normalization, state=state)
+    check_against_plan(module, transitions, where)
     options = dict(config.loss_options)
     steps = int(options.pop("steps", 3))
     loss = BlockModelLoss(call.block, **options)

@@ -326,7 +326,8 @@ class PlanModule(nn.Module):
         self._require_trajectory("trajectory_cost")
         env, _, like = self.bind(values, initial_states=False, like=torch.zeros((), dtype=x.dtype, device=x.device))
         B, T = u.shape[:2]
-        rows = {ref: v.repeat_interleave(T, dim=0) if v.shape[0] == B > 1 else v for ref, v in env.items()}
+        rows = {ref: v.repeat_interleave(T, dim=0) if torch.is_tensor(v) and v.shape[0] == B > 1 else v
+                for ref, v in env.items()}                          # (blocks' modules stay as they are)
         states = self.backend.with_clock(x[:, :-1])                # stage t's data at row t (compiler.lower.stages)
         stages = self.backend.stage_cost(rows, states.reshape(B * T, -1), u.reshape(B * T, -1), like)
         return stages.reshape(B, T).sum(1) + self.backend.final_cost(env, x[:, -1], like)
@@ -375,7 +376,8 @@ class PlanModule(nn.Module):
     def drive(self, steps: int | None = None, seed: int | None = None, env=None, start=None, **values):
         """Closed-loop MPC on a gymnasium environment; returns `runtime.gym_env.Episode`.
 
-        Each step maps the observation to the plan's state (the `env` block's `state = ...`), solves
+        Each step maps the observation to the plan's state (the `env` block's `state = ...`; after the
+        first step its `update = ...` when it has one, from the previous state and control), solves
         from it warm-started with the previous plan shifted by one stage, and applies the first
         control; the episode's return is the sum of the environment's own rewards. `env` is an
         environment object or id (default: the plan's `env` block), `steps` the episode length
@@ -390,9 +392,15 @@ class PlanModule(nn.Module):
                              "observation maps to its state")
         gym = make_env(env or spec.id) if env is None or isinstance(env, str) else env
         control = self.controller(**values)
+        last: dict = {}                  # the previous state and the control applied (for `update`)
 
         def controller(obs: torch.Tensor) -> torch.Tensor:
-            return control(spec.observe(control.env, obs.to(control.like).reshape(1, -1), control.like)).u[0, 0]
+            obs = obs.to(control.like).reshape(1, -1)
+            x = spec.observe(control.env, obs, control.like) if not last else \
+                spec.advance(control.env, self.layout.numeric(last["x"], last["u"]), obs, control.like)
+            u = control(x).u[:, 0]
+            last.update(x=x, u=u)
+            return u[0]
 
         with torch.no_grad():
             return run_episode(gym, controller, steps or spec.steps, seed=seed, start=start,

@@ -12,7 +12,11 @@ from typing import Callable
 import torch
 
 from compiler.evaluate import Env
+from runtime.latent_world_model import LatentWorldModel, latent_sampling
 from runtime.world_model import WorldModel, trajectory_sampling
+
+
+LATENT_SEED_STRIDE = 1_000_003          # latent noise at stage t of a solver seeded s: seed s * stride + t
 
 
 class SampledCallables:
@@ -30,6 +34,7 @@ class SampledCallables:
         """Use the values of another call (same batch size)."""
         self.env, self.like = env, like
         self._ensembles = [v for v in env.values() if isinstance(v, WorldModel) and v.members > 1]
+        self._latents = [v for v in env.values() if isinstance(v, LatentWorldModel)]
         self._seed = int(self.lowered.info.options.get("seed", 0))
         self._dynamics: dict[int, Callable] = {}
         self._stage: dict[int, Callable] = {}
@@ -53,12 +58,15 @@ class SampledCallables:
 
     def dynamics(self, x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
         """With K > 1 samples, each sample follows one member of every world-model ensemble
-        (trajectory sampling, seeded by the solver's `seed`); K = 1 (the plan itself) uses the
-        members' mean."""
+        (trajectory sampling, seeded by the solver's `seed`) and draws its own latent from every
+        latent world model's prior (noise seeded by `seed` and t); K = 1 (the plan itself) uses
+        the members' mean and the prior's mean."""
         B, K, n = x.shape
         if K not in self._dynamics:
             self._bind(K)
-        with trajectory_sampling(self._ensembles if K > 1 else [], B, K, self._seed):
+        sampled = K > 1
+        with trajectory_sampling(self._ensembles if sampled else [], B, K, self._seed), \
+                latent_sampling(self._latents if sampled else [], self._seed * LATENT_SEED_STRIDE + int(t)):
             return self._dynamics[K](x.reshape(B * K, n), u.reshape(B * K, -1)).reshape(B, K, n)
 
     def stage_cost(self, x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:

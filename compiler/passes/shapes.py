@@ -25,6 +25,7 @@ import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import AgentsInfo, GridInfo, PlanInfo, VarInfo
+from compiler.latent_block import block_kind, block_method
 from compiler.continual_block import check_task_boundaries, continual_methods
 from compiler.envs import env_spec
 from compiler.train_block import train_settings
@@ -164,7 +165,7 @@ def constant_lookup(info: PlanInfo) -> ConstLookup:
 def _block(decl: ast.BlockDecl, const: ConstLookup, errors: Collector) -> BlockCallee | None:
     """The callee of `block name = kind(options)`; bad kinds and options go to `errors`."""
     spec = decl.spec
-    kind = BLOCK_KINDS.get(spec.func)
+    kind = block_kind(spec)
     if kind is None:
         errors.add(spec.span, f"unknown block kind '{spec.func}'",
                    did_you_mean(spec.func, BLOCK_KINDS) or "block kinds: " + ", ".join(BLOCK_KINDS))
@@ -633,6 +634,8 @@ class Typer:
             raise Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
 
     def _call(self, e: ast.Call) -> Expr:
+        if "." in e.func:
+            return self._method_call(e)
         fn = self.info.blocks.get(e.func) or FUNCTIONS[e.func]
         if e.keywords:
             raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
@@ -662,6 +665,21 @@ class Typer:
             shape = fn.shape([a.shape for a in args], [])
         except ShapeError as err:
             raise Located(e.span, f"shape mismatch in {e.func}(): {err}") from None
+        return Expr(Op.CALL, tuple(args), shape, e.span, fn)
+
+    def _method_call(self, e: ast.Call) -> Expr:
+        """`NAME.method(args)`: a method of block NAME (compiler.latent_block)."""
+        owner, method = e.func.split(".", 1)
+        if e.keywords:
+            raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
+        args = [self.expr(a) for a in e.args]
+        if owner not in self.info.blocks:
+            raise Located(e.span, f"block '{owner}' has errors (above), so its methods cannot be typed")
+        try:
+            fn = block_method(self.info.blocks[owner], method)
+            shape = fn.shape([a.shape for a in args], [])
+        except ShapeError as err:
+            raise Located(e.span, f"{e.func}(): {err}") from None
         return Expr(Op.CALL, tuple(args), shape, e.span, fn)
 
     def _index(self, e: ast.Index) -> Expr:

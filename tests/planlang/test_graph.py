@@ -80,8 +80,8 @@ def _names(obj, skip_option_modes: bool = False) -> list[ast.Name]:
         return [n for item in obj for n in _names(item)]
     if isinstance(obj, ast.ContinualDecl):  # its block is named by a plain string and a span
         return [ast.Name(obj.block_span, obj.block)] + _names(obj.methods)
-    if isinstance(obj, ast.Call):           # a block call `f(x, u)` uses block f (the span is the call's)
-        return [ast.Name(obj.span, obj.func)] + _names(obj.args) + _names(obj.keywords)
+    if isinstance(obj, ast.Call):           # a block call `f(x, u)` or `f.method(x)` uses block f (the call's span)
+        return [ast.Name(obj.span, obj.func.split(".")[0])] + _names(obj.args) + _names(obj.keywords)
     if dataclasses.is_dataclass(obj):
         return [n for f in dataclasses.fields(obj) if f.name != "span" for n in _names(getattr(obj, f.name))]
     return []
@@ -105,7 +105,7 @@ def _check_uses(plan: planlang.Plan) -> None:
     for (u, _), spans in got.items():
         for span in spans:                                                        # each use is the name
             text, name = lines[span.line - 1][span.col - 1: span.end_col - 1], graph.nodes[u]["name"]
-            assert text == name or (graph.nodes[u]["kind"] is NodeKind.BLOCK and text.startswith(name + "("))
+            assert text == name or (graph.nodes[u]["kind"] is NodeKind.BLOCK and text.startswith((name + "(", name + ".")))
 
 
 def test_one_node_per_declaration_and_one_edge_per_use(example_path: Path):
