@@ -70,6 +70,7 @@ def starts(n: int) -> torch.Tensor:
                         (torch.rand(n, generator=g) * 2 - 1) * 0.3, torch.zeros(n)], 1)
 
 
+@torch.no_grad()
 def closed_loop(module, systems: list, n_starts: int) -> list[dict]:
     """Per regime: mean return and kept-up fraction of MPPI through `module` on the true system
     (module None: MPPI through the true equations themselves)."""

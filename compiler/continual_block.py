@@ -17,8 +17,8 @@ state_dict.
 | `si` | c (required), xi=1e-3 | `SI` |
 | `distill` | temperature (none: regression, squared error), weight=1 | `Distill` |
 | `replay` | capacity (required), policy=reservoir \\| ring \\| class_balanced \\| experience_balanced, ratio=1, seed=0 | `Replay` |
-| `vcl` | beta=1, prior_sigma=1, init_sigma=0.1 | `VCL`; the block is a `bayes_mlp` |
-| `progressive` | (none) | `Progressive`; the block is a `ProgressiveMLP` |
+| `vcl` | beta=1, prior_sigma=1, init_sigma=0.1 | `VCL`; the block (a world model: its network) is a `bayes_mlp` |
+| `progressive` | (none) | `Progressive`; the block (a world model: its network) is a `ProgressiveMLP` |
 
 `vcl` and `progressive` are architecture methods: they decide how the block's layers are built
 (`build_block`), so they apply to `mlp` blocks and `world_model(kind=mlp)` blocks (whose network
