@@ -78,12 +78,13 @@ def import_avalanche():
         import_avalanche.library = library  # keep the definitions alive
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
     from avalanche.training.supervised import EWC, LwF, Naive, Replay, SynapticIntelligence
     return dict(benchmark=benchmark_from_datasets,
                 dataset=_make_taskaware_tensor_classification_dataset,
                 evaluator=EvaluationPlugin, naive=Naive, ewc=EWC, si=SynapticIntelligence,
-                lwf=LwF, replay=Replay)
+                lwf=LwF, replay=Replay, replay_plugin=ReplayPlugin, class_balanced=ClassBalancedBuffer)
 
 
 def avalanche_strategies(av) -> Dict[str, Callable]:
@@ -105,6 +106,8 @@ def avalanche_strategies(av) -> Dict[str, Callable]:
         f"LwF(alpha={LWF_W:g}, T={LWF_T:g})": lambda **kw: av["lwf"](
             alpha=LWF_W, temperature=LWF_T, **kw),
         f"Replay(mem_size={MEMORY})": lambda **kw: av["replay"](mem_size=MEMORY, **kw),
+        f"Naive + ReplayPlugin(mem_size={MEMORY}, ClassBalancedBuffer)": lambda **kw: av["naive"](
+            plugins=[av["replay_plugin"](mem_size=MEMORY, storage_policy=av["class_balanced"](MEMORY))], **kw),
     }
 
 

@@ -11,6 +11,8 @@ the error against the true equations on 2000 fresh states per regime (RMS and ma
 thdot); and the return of MPPI planning through the learned model, closed loop on gymnasium's
 Pendulum-v1 with its mass and length set to each regime (`--episodes` seeds per regime, 200
 steps), and through the true equations (the upper bound). `--ship` writes the continual model's checkpoint (the shipped weights).
+`--plan` runs another plan of the same stream (e.g. examples/pendulum_regimes_progressive.plan); a
+progressive world model predicts and plans regime k with its column k.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 import planlang
 from planlang.continual import train_stream
 from planlang.training import plan_train_config, save_weights
+from runtime.continual import ProgressiveMLP
 from runtime.streams import PENDULUM_REGIMES, pendulum_step
 
 torch.set_num_threads(1)
@@ -41,11 +44,19 @@ def fresh_states(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([th, thdot], 1), u[:, None]
 
 
+def select_regime(module, k: int) -> None:
+    """A progressive world model (`continual f by progressive()`) predicts regime k with column k."""
+    network = getattr(module.blocks["f"], "network", None) if "f" in module.blocks else None
+    if isinstance(network, ProgressiveMLP):
+        network.select(k)
+
+
 @torch.no_grad()
 def equation_errors(module, n: int = 2000) -> list[dict]:
     """Per regime: RMS and max abs error of module.step against the true equations."""
     rows = []
     for k, (mass, length) in enumerate(PENDULUM_REGIMES):
+        select_regime(module, k)
         x, u = fresh_states(n, 10_000 + k)
         M, L = torch.full((n,), mass), torch.full((n,), length)
         truth = torch.stack(pendulum_step(x[:, 0], x[:, 1], u[:, 0], M, L), 1)
@@ -59,7 +70,8 @@ def mppi_returns(module, episodes: int) -> list[float]:
     import gymnasium
 
     out = []
-    for mass, length in PENDULUM_REGIMES:
+    for k, (mass, length) in enumerate(PENDULUM_REGIMES):
+        select_regime(module, k)
         total = 0.0
         for seed in range(episodes):
             env = gymnasium.make("Pendulum-v1")
@@ -87,15 +99,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=0, help="MPPI episodes per regime (0: skip)")
     parser.add_argument("--ship", type=Path, help="write the continual model's weights here")
     parser.add_argument("--only", choices=("naive", "continual"), help="run one of the two")
+    parser.add_argument("--plan", type=Path, default=PLAN, help="a plan of this stream (default: pendulum_regimes)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    text = PLAN.read_text()
+    text = args.plan.read_text()
     line = next(l for l in text.splitlines() if l.startswith("continual "))
     report = {}
     for label, plan_text in (("continual", text), ("naive", text.replace(line, ""))):
         if args.only and label != args.only:
             continue
-        plan = planlang.loads(plan_text, str(PLAN))
+        plan = planlang.loads(plan_text, str(args.plan))
         config = replace(plan_train_config(plan), progress=False)
         torch.manual_seed(0)
         module = planlang.compile(plan)
@@ -116,7 +129,7 @@ def main() -> None:
         if label == "continual" and args.ship:
             save_weights(module, args.ship, plan, trained_by=f"python benchmarks/continual_pendulum_regimes.py --ship {args.ship}")
     if args.episodes and not args.only:
-        truth = planlang.compile(planlang.loads(true_model_plan(text), str(PLAN)))
+        truth = planlang.compile(planlang.loads(true_model_plan(text), str(args.plan)))
         report["true model"] = {"mppi_returns": mppi_returns(truth, args.episodes)}
         print("MPPI through the true model, return per regime:",
               " / ".join(f"{r:.1f}" for r in report["true model"]["mppi_returns"]))

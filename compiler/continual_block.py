@@ -17,23 +17,27 @@ state_dict.
 | `si` | c (required), xi=1e-3 | `SI` |
 | `distill` | temperature (none: regression, squared error), weight=1 | `Distill` |
 | `replay` | capacity (required), policy=reservoir \\| ring \\| class_balanced \\| experience_balanced, ratio=1, seed=0 | `Replay` |
-| `vcl` | beta=1, prior_sigma=1, init_sigma=0.1 | `VCL`; the block is a `bayes_mlp` |
-| `progressive` | (none) | `Progressive`; the block is a `ProgressiveMLP` |
+| `vcl` | beta=1, prior_sigma=1, init_sigma=0.1 | `VCL`; the block (a world model: its network) is a `bayes_mlp` |
+| `progressive` | (none) | `Progressive`; the block (a world model: its network) is a `ProgressiveMLP` |
 
 `vcl` and `progressive` are architecture methods: they decide how the block's layers are built
-(`build_block`), so they apply to `mlp` blocks only, one per block, and they need task
-boundaries (a train block with `task_free true` is refused).
+(`build_block`), so they apply to `mlp` blocks and `world_model(kind=mlp)` blocks (whose network
+they build: `runtime.continual_world_model`), one per block, and they need task boundaries (a train
+block with `task_free true` is refused). A `world_model(kind=ensemble)` block is refused: its M
+members are independent networks with learned variances, and one Bayesian network or one set of
+columns would replace the ensemble rather than continue it.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from compiler.blocks import BlockCallee
+from compiler.blocks import BlockCallee, BlockError
 from compiler.options import Number, Option, Schema, Structured, Symbol
 from planlang import ast
 from planlang.errors import Collector, did_you_mean
 from runtime.continual import (ExampleBuffer, Plugins, ProgressiveMLP, bayes_mlp, distill, ewc, progressive, replay,
                                si, vcl)
+from runtime.continual_world_model import NetworkWorldModel, feature_size
 
 _FLAG = Symbol(("false", "true"))
 _COUNT = Number(integer=True, minimum=1)
@@ -87,11 +91,20 @@ def continual_methods(decls: list[ast.ContinualDecl], blocks: dict, const, error
 
 
 def _architecture_fits(decl: ast.ContinualDecl, call: ast.Call, blocks: dict, seen: set, errors: Collector) -> bool:
-    """An architecture method builds the block's layers: an `mlp` block, one such method."""
-    kind = blocks[decl.block].kind.name
-    if kind != "mlp":
+    """An architecture method builds the block's layers: an `mlp` or `world_model(kind=mlp)` block,
+    one such method."""
+    callee = blocks[decl.block]
+    kind = callee.kind.name
+    if kind == "world_model" and callee.options["kind"] != "mlp":
         errors.add(call.span, f"{call.func} builds block '{decl.block}' with {ARCHITECTURES[call.func]}: "
-                   f"it needs an `mlp` block, not a `{kind}` block", "declare it with `block NAME = mlp(...)`")
+                   f"it needs a `world_model(kind=mlp)` block, not kind={callee.options['kind']} (an ensemble's "
+                   "members are independent networks with learned variances; one network would replace them)",
+                   "declare it with `world_model(kind=mlp, ...)`")
+        return False
+    if kind not in ("mlp", "world_model"):
+        errors.add(call.span, f"{call.func} builds block '{decl.block}' with {ARCHITECTURES[call.func]}: "
+                   f"it needs an `mlp` or `world_model(kind=mlp)` block, not a `{kind}` block",
+                   "declare it with `block NAME = mlp(...)`")
         return False
     others = sorted(seen.intersection(ARCHITECTURES) - {call.func})
     if others:
@@ -151,15 +164,26 @@ def build_plugins(methods: tuple[Structured, ...]) -> Plugins:
 
 
 def build_block(callee: BlockCallee, methods: tuple[Structured, ...]) -> nn.Module:
-    """The block's module: its kind's, unless an architecture method builds it (an `mlp` block,
-    checked by `continual_methods`): `vcl` -> `bayes_mlp` (mean-field Gaussian weights),
-    `progressive` -> `ProgressiveMLP` (one column to start, a column added per task)."""
+    """The block's module: its kind's, unless an architecture method builds it (an `mlp` or
+    `world_model(kind=mlp)` block, checked by `continual_methods`): `vcl` -> `bayes_mlp`
+    (mean-field Gaussian weights), `progressive` -> `ProgressiveMLP` (one column to start, a column
+    added per task); for a world model, as the network of a `NetworkWorldModel` (features F -> n)."""
     architecture = next((m for m in methods if m.name in ARCHITECTURES), None)
     if architecture is None:
         return callee.build()
     o = callee.options
-    zero_last = o["init"] == "zero"
+    if callee.kind.name == "world_model":
+        if "sizes" not in o:
+            raise BlockError(callee.name, "a world_model block takes its sizes from its call, and it is never called")
+        state, others = o["sizes"]
+        network = _network(architecture, feature_size(state, others, o["angles"]), o["hidden"], state, o["act"], False)
+        return NetworkWorldModel(state, others, network, residual=o["residual"] == "true", act=o["act"],
+                                 angles=o["angles"])
+    return _network(architecture, o["in"], o["hidden"], o["out"], o["act"], o["init"] == "zero")
+
+
+def _network(architecture: Structured, inputs: int, hidden, outputs: int, act: str, zero_last: bool) -> nn.Module:
     if architecture.name == "vcl":
         a = architecture.args
-        return bayes_mlp((o["in"], *o["hidden"], o["out"]), a["prior_sigma"], a["init_sigma"], o["act"], zero_last)
-    return ProgressiveMLP(o["in"], o["hidden"], o["out"], o["act"], zero_last)
+        return bayes_mlp((inputs, *hidden, outputs), a["prior_sigma"], a["init_sigma"], act, zero_last)
+    return ProgressiveMLP(inputs, hidden, outputs, act, zero_last)

@@ -764,6 +764,12 @@ class ProgressiveMLP(nn.Module):
         self.laterals.append(laterals)
         self.active.fill_(k)
 
+    def select(self, task: int) -> None:
+        """Make column `task` the active one (e.g. to plan in an old regime after a stream)."""
+        if not 0 <= task < len(self.columns):
+            raise ValueError(f"column {task} does not exist: this network has {len(self.columns)} columns")
+        self.active.fill_(task)
+
     def forward(self, x: Tensor) -> Tensor:
         hidden: List[List[Tensor]] = []  # hidden[k][l] = input of layer l in column k
         for k in range(int(self.active) + 1):

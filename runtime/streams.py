@@ -7,6 +7,9 @@
     split_digits        the digits in 5 tasks of 2 classes each (class-incremental, 10-way)
     pendulum_regimes    world-model regression: gymnasium Pendulum-v1 transitions under 5
                         (mass, length) regimes, learned one after another
+    cartpole_regimes    world-model regression: gymnasium CartPole-v1's equations with a
+                        continuous force and viscous cart friction, under 5 (pole mass, pole
+                        half-length, friction) regimes
 
 scikit-learn is the optional extra `planlang[continual]`; the digits streams raise an
 ImportError naming it when it is absent.
@@ -133,3 +136,47 @@ def pendulum_regimes(n_train: int = 2000, n_test: int = 500,
     return [Task(pendulum_transitions(n_train, m, l, g, dtype),
                  pendulum_transitions(n_test, m, l, g, dtype), f"m={m}, l={l}")
             for m, l in regimes]
+
+
+CARTPOLE_REGIMES: Tuple[Tuple[float, float, float], ...] = (
+    (0.1, 0.5, 0.0), (0.3, 0.8, 0.5), (0.05, 0.3, 1.0), (0.5, 1.0, 0.2), (0.2, 0.4, 2.0))
+"""(pole mass, pole half-length, cart friction) of the five cart-pole regimes, in training order;
+the first is gymnasium's CartPole-v1 (no friction)."""
+
+CARTPOLE_G, CARTPOLE_CART_MASS, CARTPOLE_DT, CARTPOLE_MAX_FORCE = 9.8, 1.0, 0.02, 10.0
+CARTPOLE_RANGES = (2.4, 3.0, 1.0, 4.0)
+"""Half-widths of the uniform sampling box of (x, xdot, th, thdot) in `cartpole_transitions`."""
+
+
+def cartpole_step(s: Tensor, force: Tensor, mp: Tensor, l: Tensor, b: Tensor) -> Tensor:
+    """gymnasium CartPole-v1's equations with a continuous force and viscous cart friction, batched:
+    s (B, 4) = (x, xdot, th, thdot) (th = 0 upright), force, mp (pole mass), l (half the pole's
+    length), b (cart friction, N s/m) all (B,) -> next s (B, 4). With F = clip(force, -10, 10) - b xdot
+    the net horizontal force on the cart (M = 1 + mp; g = 9.8, dt = 0.02, explicit Euler):
+
+        a      = (F + mp l thdot^2 sin th) / M
+        thddot = (g sin th - cos th a) / (l (4/3 - mp cos^2 th / M))
+        xddot  = a - mp l thddot cos th / M
+        (x, xdot, th, thdot)' = (x, xdot, th, thdot) + dt (xdot, xddot, thdot, thddot)
+
+    b = 0 is gymnasium's step with `force_mag` = force."""
+    x, xdot, th, thdot = s.unbind(-1)
+    total = CARTPOLE_CART_MASS + mp
+    sin, cos = torch.sin(th), torch.cos(th)
+    net = force.clamp(-CARTPOLE_MAX_FORCE, CARTPOLE_MAX_FORCE) - b * xdot
+    a = (net + mp * l * thdot.pow(2) * sin) / total
+    thddot = (CARTPOLE_G * sin - cos * a) / (l * (4.0 / 3.0 - mp * cos.pow(2) / total))
+    xddot = a - mp * l * thddot * cos / total
+    return torch.stack([x + CARTPOLE_DT * xdot, xdot + CARTPOLE_DT * xddot,
+                        th + CARTPOLE_DT * thdot, thdot + CARTPOLE_DT * thddot], dim=-1)
+
+
+def cartpole_transitions(n: int, regime: Tuple[float, float, float], generator: torch.Generator,
+                         dtype: torch.dtype = torch.float32) -> TaskData:
+    """n transitions x = (x, xdot, th, thdot, force, mp, l, b) (n, 8) -> y = next state (n, 4), with
+    (x, xdot, th, thdot) uniform over the box +-`CARTPOLE_RANGES` and force over [-10, 10]."""
+    half = torch.tensor([*CARTPOLE_RANGES, CARTPOLE_MAX_FORCE], dtype=torch.float64)
+    z = (torch.rand(n, 5, generator=generator, dtype=torch.float64) * 2 - 1) * half
+    params = torch.tensor(regime, dtype=torch.float64).expand(n, 3)
+    y = cartpole_step(z[:, :4], z[:, 4], *params.unbind(1))
+    return TaskData(torch.cat([z, params], 1).to(dtype), y.to(dtype), squared_error)

@@ -145,7 +145,7 @@ def test_stream_data_that_does_not_fit_the_plan_is_refused(stream, tmp_path):
 
 
 @pytest.mark.parametrize("continual, located, message", [
-    ("continual g by vcl()", "vcl(", "vcl builds block 'g' with Bayesian linear layers: it needs an `mlp` block, "
+    ("continual g by vcl()", "vcl(", "vcl builds block 'g' with Bayesian linear layers: it needs an `mlp` or `world_model(kind=mlp)` block, "
                                      "not a `linear` block"),
     ("continual f by progressive()\ntrain {\n  stream [\"a.npz\"]\n  task_free true\n}", "progressive(",
      "progressive needs task boundaries, and the train block says `task_free true`"),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.streams import (PENDULUM_REGIMES, pendulum_regimes, pendulum_step,
-                             permuted_digits, permuted_gaussian, split_digits)
+from runtime.streams import (CARTPOLE_REGIMES, PENDULUM_REGIMES, cartpole_step, cartpole_transitions,
+                             pendulum_regimes, pendulum_step, permuted_digits, permuted_gaussian, split_digits)
 
 
 def test_pendulum_step_matches_gymnasium():
@@ -33,6 +33,39 @@ def test_pendulum_regimes_shapes_and_targets():
         assert torch.all(x[:, 3] == mass) and torch.all(x[:, 4] == length)
         th, thdot = pendulum_step(*x.double().unbind(1))
         torch.testing.assert_close(y, torch.stack([th, thdot], 1).float())
+
+
+def test_cartpole_step_without_friction_matches_gymnasium():
+    gym = pytest.importorskip("gymnasium")
+    env = gym.make("CartPole-v1").unwrapped
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for mass, length, _ in CARTPOLE_REGIMES:
+        env.masspole, env.length = mass, length
+        env.total_mass, env.polemass_length = env.masspole + env.masscart, mass * length
+        state, force = rng.uniform(-1, 1, 4), rng.uniform(0, 10)
+        env.state, env.force_mag = state.copy(), force             # action 1 pushes with +force_mag
+        env.step(1)
+        ours = cartpole_step(torch.tensor(state)[None], *(torch.tensor([v], dtype=torch.float64)
+                                                           for v in (force, mass, length, 0.0)))
+        np.testing.assert_allclose(ours[0].numpy(), env.state, rtol=1e-6, atol=1e-12)
+
+
+def test_cartpole_friction_slows_the_cart_and_transitions_follow_the_step():
+    s = torch.tensor([[0.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    free = cartpole_step(s, zero, 0.1 * one, 0.5 * one, zero)
+    rubbing = cartpole_step(s, zero, 0.1 * one, 0.5 * one, one)
+    torch.testing.assert_close(free[0, 1], s[0, 1])                 # upright pole, no force: no acceleration
+    # F = -b xdot = -2: a = F / M, thddot = -a / (l (4/3 - mp / M)), xddot = a - mp l thddot / M (M = 1.1)
+    a = -2.0 / 1.1
+    thddot = -a / (0.5 * (4 / 3 - 0.1 / 1.1))
+    torch.testing.assert_close(rubbing[0], torch.tensor([0.04, 2 + 0.02 * (a - 0.05 * thddot / 1.1), 0, 0.02 * thddot],
+                                                        dtype=torch.float64))
+    data = cartpole_transitions(64, CARTPOLE_REGIMES[1], torch.Generator().manual_seed(0), torch.float64)
+    assert data.x.shape == (64, 8) and data.y.shape == (64, 4)
+    assert torch.all(data.x[:, 5:] == torch.tensor(CARTPOLE_REGIMES[1], dtype=torch.float64))
+    torch.testing.assert_close(data.y, cartpole_step(data.x[:, :4], data.x[:, 4], *data.x[:, 5:].unbind(1)))
 
 
 def test_permuted_gaussian_tasks_are_permutations_of_task_zero():
