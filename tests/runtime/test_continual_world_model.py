@@ -28,7 +28,7 @@ def test_the_network_replaces_the_layers_in_the_formula():
     expected = s + model.out_mean + model.out_std * network((phi - model.in_mean) / model.in_std)
     torch.testing.assert_close(model(s, c), expected)
     loss, sq = model.member_losses(s, c, expected)
-    assert loss.shape == (1, 7) and float(loss.abs().max()) < 1e-20
+    assert loss.shape == (1, 7) and float(loss.detach().abs().max()) < 1e-20
     target = torch.cat([wrap_angle(expected[:, :1] - s[:, :1]), expected[:, 1:] - s[:, 1:]], 1)
     torch.testing.assert_close(model.target(s, expected), target)
 

@@ -45,6 +45,7 @@ def test_cartpole_step_without_friction_matches_gymnasium():
         env.total_mass, env.polemass_length = env.masspole + env.masscart, mass * length
         state, force = rng.uniform(-1, 1, 4), rng.uniform(0, 10)
         env.state, env.force_mag = state.copy(), force             # action 1 pushes with +force_mag
+        env.steps_beyond_terminated = None                          # each step is a fresh start
         env.step(1)
         ours = cartpole_step(torch.tensor(state)[None], *(torch.tensor([v], dtype=torch.float64)
                                                            for v in (force, mass, length, 0.0)))
