@@ -4,8 +4,10 @@ Runtime level: a chain of n/2 damped pendulums driven by n/2 torques in [-1, 1]
 (x = (angles, velocities), explicit Euler, dt 0.05), batch 1, float32, `torch.set_num_threads(1)`:
 `runtime.ilqr.ilqr` with tol=0 (never converges early) and a fixed iteration budget; CPU time
 per iteration (process time, minimum over repeats). Plan level: `planlang.compile` of
-examples/two_link_arm.plan and examples/pendulum.plan, one solve each (process time / iterations),
-and a closed loop of the arm (`module.simulate`, warm-started solves).
+examples/two_link_arm.plan (single and multiple shooting), examples/pendulum.plan,
+examples/planar_quadrotor.plan and examples/cartpole_upright_long.plan, one solve each after a
+warm-up (process time / iterations), and a closed loop of the arm (`module.simulate`,
+warm-started solves).
 
 Run from the repository root (add --threads 0 for torch's default thread count):
 
@@ -54,13 +56,17 @@ def per_iteration(n: int, T: int, iterations: int, repeats: int) -> float:
     return 1e3 * best
 
 
-def plan_solve(path: str) -> tuple[float, int, str]:
+def plan_solve(path: str, shooting: str | None = None) -> tuple[float, int, str, float]:
+    """(CPU seconds, iterations, status, cost) of one solve after a warm-up solve."""
     import planlang
-    module = planlang.compile(planlang.load(os.path.join(ROOT, path)))
-    start = time.process_time()
-    sol = module()
+    options = None if shooting is None else {"shooting": shooting}
+    module = planlang.compile(planlang.load(os.path.join(ROOT, path)), options=options)
+    with torch.no_grad():
+        module()
+        start = time.process_time()
+        sol = module()
     elapsed = time.process_time() - start
-    return elapsed, int(sol.iterations.max()), sol.status_names()[0]
+    return elapsed, int(sol.iterations.max()), sol.status_names()[0], float(sol.cost[0])
 
 
 def closed_loop(path: str, steps: int) -> float:
@@ -90,10 +96,12 @@ def main() -> None:
         print(f"{n:>4} " + " ".join(f"{v:9.1f}" for v in row), flush=True)
     if args.skip_plans:
         return
-    for path in ("examples/two_link_arm.plan", "examples/pendulum.plan"):
-        elapsed, iters, status = plan_solve(path)
-        print(f"{path}: {elapsed:.2f} s CPU, {iters} iterations, {1e3 * elapsed / max(1, iters):.1f} ms/iteration, "
-              f"status {status}", flush=True)
+    for path, shooting in (("examples/two_link_arm.plan", None), ("examples/two_link_arm.plan", "multiple"),
+                           ("examples/pendulum.plan", None), ("examples/planar_quadrotor.plan", None),
+                           ("examples/cartpole_upright_long.plan", "multiple")):
+        elapsed, iters, status, cost = plan_solve(path, shooting)
+        print(f"{path} (shooting {shooting or 'as written'}): {elapsed:.2f} s CPU, {iters} iterations, "
+              f"{1e3 * elapsed / max(1, iters):.1f} ms/iteration, status {status}, cost {cost:.4g}", flush=True)
     print(f"two_link_arm closed loop, 30 steps: {closed_loop('examples/two_link_arm.plan', 30):.1f} s wall")
 
 
