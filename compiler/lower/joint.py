@@ -331,4 +331,4 @@ def _summed(exprs: tuple[Expr, ...], env: dict, like: Tensor, lead: tuple[int, .
 
 # each agent's own plan: solve ilqr's defaults (cost_tol None: its eps^(3/4) default)
 _ILQR_OPTIONS = {"iters": 50, "tol": 1e-6, "cost_tol": None, "backward": "implicit", "model": "gauss_newton",
-                 "constraint_tol": 1e-6}
+                 "constraint_tol": 1e-6, "shooting": "single"}

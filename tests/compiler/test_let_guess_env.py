@@ -85,8 +85,11 @@ def test_guess_sets_the_initial_controls():
 
 def test_guess_errors_are_located():
     with pytest.raises(PlanError) as info:
+        compiled(ARM_LET + "guess target = [1, 1]\n")
+    assert info.value.diagnostics[0].span.line == 16 and "neither" in info.value.diagnostics[0].message
+    with pytest.raises(PlanError) as info:       # a state guess sets multiple-shooting nodes
         compiled(ARM_LET + "guess q = [1, 1]\n")
-    assert info.value.diagnostics[0].span.line == 16 and "not one" in info.value.diagnostics[0].message
+    assert "add shooting=multiple" in info.value.diagnostics[0].message
     with pytest.raises(PlanError) as info:
         compiled(ARM_LET + "guess tau = [1, 2, 3]\n")
     assert "guess has shape [3]" in info.value.diagnostics[0].message

@@ -38,7 +38,7 @@ def test_shapes_of_filtering_and_imagination():
     assert wm.imagine(h[:, 2], z[:, 2], u[:, 2:5]).shape == (4, 3, 3)
     loss, metrics = wm.loss(obs, u, reward=torch.zeros(4, 6, dtype=torch.float64),
                             done=torch.zeros(4, 6, dtype=torch.bool))
-    assert loss.ndim == 0 and {"recon", "reward", "continue", "kl"} <= set(metrics)
+    assert loss.ndim == 0 and {"mse", "reward_mse", "continue", "kl", "rollout_mse"} <= set(metrics)
 
 
 def test_kl_balancing_sends_each_term_to_one_side_and_free_bits_cut_gradients():
