@@ -99,10 +99,14 @@ class Keyword:
 
 @dataclass(frozen=True)
 class Call:
+    """`func(args)`, or with `method` the method call `func.method(args)` (e.g. `dyn.reward(x, u)`
+    on a block `dyn`)."""
+
     span: Span
     func: str
     args: tuple["Expr", ...]
     keywords: tuple[Keyword, ...] = ()
+    method: str | None = None
 
 
 @dataclass(frozen=True)

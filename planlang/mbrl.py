@@ -226,6 +226,8 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
                                       callbacks=[EarlyStopping(config.patience)])
             best = min(history, key=lambda r: r.get("val_loss", r["train_loss"])) if history else {}
             record.update(fit_epochs=len(history), val_mse=best.get("val_mse"), val_rollout_mse=best.get("val_rollout_mse"))
+            if "val_reward_mse" in best:                      # a reward head: its held-out error, reward units
+                record["val_reward_mse"] = best["val_reward_mse"]
         record["time_s"] = time.perf_counter() - began
         records.append(record)
         if on_episode is not None:

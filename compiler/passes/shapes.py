@@ -629,7 +629,7 @@ class Typer:
             raise Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
 
     def _call(self, e: ast.Call) -> Expr:
-        fn = self.info.blocks.get(e.func) or FUNCTIONS[e.func]
+        fn = self._method(e) if e.method is not None else self.info.blocks.get(e.func) or FUNCTIONS[e.func]
         if e.keywords:
             raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
         if not fn.min_args <= len(e.args) <= fn.max_args:
@@ -657,8 +657,19 @@ class Typer:
         try:
             shape = fn.shape([a.shape for a in args], [])
         except ShapeError as err:
-            raise Located(e.span, f"shape mismatch in {e.func}(): {err}") from None
+            raise Located(e.span, f"shape mismatch in {fn.name if e.method else e.func}(): {err}") from None
         return Expr(Op.CALL, tuple(args), shape, e.span, fn)
+
+    def _method(self, e: ast.Call):
+        """The callee of `block.method(...)` (e.g. a world model's `dyn.reward(x, u)`)."""
+        block = self.info.blocks.get(e.func)
+        if block is None:
+            raise Located(e.span, f"'{e.func}.{e.method}(...)': '{e.func}' is not a block; methods are called on "
+                                  "blocks", "e.g. `dyn.reward(x, u)` for `block dyn = world_model(..., reward=true)`")
+        try:
+            return block.method(e.method)
+        except ShapeError as err:
+            raise Located(e.span, f"block '{e.func}': {err}") from None
 
     def _index(self, e: ast.Index) -> Expr:
         first = e.indices[0]
