@@ -4,7 +4,12 @@
         --log dmc_pendulum.jsonl
         `planlang mbrl` on the plan's env (dmc:pendulum-swingup:2), one JSON line per episode as it
         ends (the return curve survives an interrupted run): episode, policy, return, environment
-        steps so far (decisions x action repeat), held-out reward error of the fit, seconds.
+        steps so far (decisions x action repeat), held-out reward error of the fit, seconds, and
+        the learned reward against the true one on the episode just played, by the model that
+        played it (before it is refitted on it, so on data it has not seen): the sum of the
+        learned rewards over the episode next to its return, and their mean squared difference.
+        Every --every episodes (and at the end) the plan's weights and all transitions so far are
+        written next to the log (LOG.pt, LOG.npz).
     python benchmarks/dmc_pendulum.py true --plan /path/true_model.plan --episodes 5 --seed 0
         the same cost planned through a known model (a plan whose dynamics are written out), for
         the true-model reference: the returns as JSON on stdout.
@@ -25,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import planlang  # noqa: E402
 from planlang.mbrl import mbrl  # noqa: E402
+from planlang.world_models import the_world_model  # noqa: E402
+from runtime.transitions import save_transitions  # noqa: E402
 from runtime.dmc_env import parse_dmc_id  # noqa: E402
 
 
@@ -35,11 +42,23 @@ def run_mbrl(args) -> None:
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    state = {"env_steps": 0, "start": time.perf_counter(), "cpu": time.process_time()}
+    state = {"env_steps": 0, "start": time.perf_counter(), "cpu": time.process_time(), "episodes": 0}
+    block = the_world_model(planlang.compile(plan)).block
+
+    def on_data(module, part: dict, data: dict) -> None:
+        with torch.no_grad():
+            learned = module.blocks[block].reward(part["x"], part["u"])
+        state["learned_return"] = float(learned.sum())
+        state["reward_mse"] = float(((learned - part["reward"]) ** 2).mean())
+        state["episodes"] += 1
+        if state["episodes"] % args.every == 0 or state["episodes"] == args.episodes:
+            torch.save(module.state_dict(), log.with_suffix(".pt"))
+            save_transitions(log.with_suffix(".npz"), data)
 
     def on_episode(record: dict) -> None:
         state["env_steps"] += record["steps"] * repeat
         line = {"episode": record["episode"], "policy": record["policy"], "return": record["return"],
+                "learned_return": state["learned_return"], "learned_reward_mse": state["reward_mse"],
                 "env_steps": state["env_steps"], "val_reward_mse": record.get("val_reward_mse"),
                 "val_mse": record.get("val_mse"), "episode_s": round(record["time_s"], 1),
                 "act_s": round(record["act_s"], 1), "wall_s": round(time.perf_counter() - state["start"], 1),
@@ -47,7 +66,7 @@ def run_mbrl(args) -> None:
         with log.open("a") as out:
             out.write(json.dumps(line) + "\n")
 
-    mbrl(plan, env_id, args.episodes, args.seed, random_episodes=1, on_episode=on_episode)
+    mbrl(plan, env_id, args.episodes, args.seed, random_episodes=1, on_episode=on_episode, on_data=on_data)
 
 
 def run_true(args) -> None:
@@ -67,6 +86,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", default="dmc_pendulum.jsonl", help="mbrl: one JSON line per episode")
+    parser.add_argument("--every", type=int, default=5, help="mbrl: checkpoint every this many episodes")
     args = parser.parse_args()
     (run_mbrl if args.what == "mbrl" else run_true)(args)
 

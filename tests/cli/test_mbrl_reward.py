@@ -50,3 +50,20 @@ def test_mbrl_fits_and_plans_with_the_learned_reward(tmp_path, capsys):
     x = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
     upright, down = block.reward(x, torch.zeros(2, 1)).tolist()
     assert upright > down                                         # it learned that upright pays more
+
+
+def test_mbrl_shows_each_episode_to_on_data_before_the_refit(tmp_path):
+    pytest.importorskip("gymnasium")
+    from planlang.mbrl import mbrl
+
+    seen = []
+
+    def on_data(module, part, data):
+        seen.append((part["x"].shape[0], data["x"].shape[0], float(module.blocks["dyn"].reward_std)))
+
+    plan_file = tmp_path / "tiny.plan"
+    plan_file.write_text(PLAN)
+    result = mbrl(planlang.load(plan_file), "Pendulum-v1", episodes=2, seed=1, on_data=on_data)
+    assert [(p, d) for p, d, _ in seen] == [(20, 20), (20, 40)]
+    assert seen[0][2] == 1.0 and seen[1][2] != 1.0           # the second episode was played by a fitted model
+    assert len(result["returns"]) == 2

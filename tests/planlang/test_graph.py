@@ -105,7 +105,7 @@ def _check_uses(plan: planlang.Plan) -> None:
     for (u, _), spans in got.items():
         for span in spans:                                                        # each use is the name
             text, name = lines[span.line - 1][span.col - 1: span.end_col - 1], graph.nodes[u]["name"]
-            assert text == name or (graph.nodes[u]["kind"] is NodeKind.BLOCK and text.startswith(name + "("))
+            assert text == name or (graph.nodes[u]["kind"] is NodeKind.BLOCK and text.startswith((name + "(", name + ".")))
 
 
 def test_one_node_per_declaration_and_one_edge_per_use(example_path: Path):
