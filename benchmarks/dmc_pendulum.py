@@ -13,8 +13,11 @@
     python benchmarks/dmc_pendulum.py true --plan /path/true_model.plan --episodes 5 --seed 0
         the same cost planned through a known model (a plan whose dynamics are written out), for
         the true-model reference: the returns as JSON on stdout.
+    python benchmarks/dmc_pendulum.py speed --plan examples/dmc_pendulum_wm.plan [--fuse on] [--calls 40]
+        ms per planning step of the plan's prepared controller (`PlanModule.controller`) from a
+        swinging state, wall and CPU, after one warm-up call (which with --fuse on compiles).
 
-Needs dm_control (`pip install -e .[dmc]`). 1 torch thread.
+Needs dm_control (`pip install -e .[dmc]`) for mbrl and true. 1 torch thread.
 """
 from __future__ import annotations
 
@@ -77,18 +80,42 @@ def run_true(args) -> None:
     print(json.dumps({"plan": args.plan, "seed": args.seed, "returns": returns}))
 
 
+def run_speed(args) -> None:
+    text = Path(args.plan).read_text()
+    if args.fuse:
+        if "fuse=" in text:
+            raise SystemExit("the plan sets fuse= itself; drop --fuse")
+        text = text.replace("solve mppi(", f"solve mppi(fuse={args.fuse}, ", 1)
+    module = planlang.compile(planlang.loads(text, args.plan))
+    controller = module.controller()
+    x = torch.tensor([[2.0, 3.0]])
+    with torch.no_grad():
+        start = time.perf_counter()
+        controller(x)
+        first = time.perf_counter() - start
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.calls):
+            controller(x)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"plan": args.plan, "fuse": args.fuse or "plan's", "first_call_s": round(first, 2),
+                      "ms_per_step_wall": round(1e3 * wall / args.calls, 1),
+                      "ms_per_step_cpu": round(1e3 * cpu / args.calls, 1)}))
+
+
 def main() -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("mbrl", "true"))
+    parser.add_argument("what", choices=("mbrl", "true", "speed"))
     parser.add_argument("--plan", required=True)
     parser.add_argument("--env", help="default: the plan's env block")
-    parser.add_argument("--episodes", type=int, required=True)
+    parser.add_argument("--episodes", type=int, default=10, help="mbrl, true: episodes (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", default="dmc_pendulum.jsonl", help="mbrl: one JSON line per episode")
     parser.add_argument("--every", type=int, default=5, help="mbrl: checkpoint every this many episodes")
+    parser.add_argument("--fuse", choices=("on", "off"), help="speed: set mppi's fuse option")
+    parser.add_argument("--calls", type=int, default=40, help="speed: timed planning steps")
     args = parser.parse_args()
-    (run_mbrl if args.what == "mbrl" else run_true)(args)
+    {"mbrl": run_mbrl, "true": run_true, "speed": run_speed}[args.what](args)
 
 
 if __name__ == "__main__":
