@@ -45,6 +45,7 @@ class BlockKind:
     doc = ""
     schema = Schema()
     imports_code = False
+    methods: tuple[str, ...] = ()          # `NAME.method(...)` calls this kind answers (method_shape/apply)
 
     def shape(self, options: dict, shapes: list[Shape]) -> Shape:
         raise NotImplementedError
@@ -53,6 +54,21 @@ class BlockKind:
         raise NotImplementedError
 
     def apply(self, options: dict, module: nn.Module, args: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_method(self, method: str, options: dict) -> None:
+        """ShapeError when a block of this kind with these options has no method `method`."""
+        if not self.methods:
+            raise ShapeError(f"a {self.name} block has no methods (`NAME.method(...)` is for world_model blocks)")
+        if method not in self.methods:
+            have = ", ".join(f".{m}(...)" for m in self.methods)
+            raise ShapeError(f"a {self.name} block has no method '{method}' (it has {have})")
+
+    def method_shape(self, method: str, options: dict, shapes: list[Shape]) -> Shape:
+        """The shape of `NAME.method(args)` (after `check_method`)."""
+        raise NotImplementedError
+
+    def method_apply(self, method: str, options: dict, module: nn.Module, args: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -141,11 +157,13 @@ class PythonBlock(VectorBlock):
 
 
 class WorldModelBlock(BlockKind):
-    """`world_model(kind=mlp | ensemble, hidden=[..], members=M, residual=true, angles=[..])`, called
-    as `f(s, u, c1, ...)`: the next value of its first argument s (any shape) from s and the other
-    arguments (flattened and concatenated). Its sizes come from its call: the shape pass records
-    them (`options["sizes"]` = (size of s, total size of the others)), so a block is called with one
-    signature. `runtime.world_model.WorldModel` is the module; `apply` is its mean model."""
+    """`world_model(kind=mlp | ensemble, hidden=[..], members=M, residual=true, angles=[..],
+    reward=false)`, called as `f(s, u, c1, ...)`: the next value of its first argument s (any shape)
+    from s and the other arguments (flattened and concatenated). Its sizes come from its call: the
+    shape pass records them (`options["sizes"]` = (size of s, total size of the others)), so a block
+    is called with one signature. `runtime.world_model.WorldModel` is the module; `apply` is its
+    mean model. With `reward=true` it has a learned reward head: `f.reward(s, u, c1, ...)` (same
+    arguments as the dynamics call) is the predicted reward of that transition, a scalar."""
 
     name = "world_model"
     doc = "learned dynamics f(s, u, ...) -> next s: mlp or Gaussian ensemble, residual, normalized"
@@ -155,11 +173,43 @@ class WorldModelBlock(BlockKind):
                     residual=Option(Symbol(("true", "false")), "true", "predict s' - s (true) or s'"),
                     act=Option(_ACT, "silu", "activation"),
                     angles=Option(ListOf(Number(integer=True, minimum=0)), (),
-                                  "entries of s that are angles (0-based): fed as sin/cos, deltas wrapped"))
+                                  "entries of s that are angles (0-based): fed as sin/cos, deltas wrapped"),
+                    reward=Option(Symbol(("true", "false")), "false",
+                                  "learn the reward too (`loss model` fits it; `f.reward(s, u)` in costs)"))
+    methods = ("reward",)
 
     def shape(self, options, shapes):
         if len(shapes) < 2:
             raise ShapeError("a world model is called with the state and at least the control, e.g. f(x, u)")
+        self._record_sizes(options, shapes)
+        return shapes[0]
+
+    def check_method(self, method, options):
+        super().check_method(method, options)
+        if options["reward"] != "true":
+            raise ShapeError("it has no reward head; declare it with reward=true (e.g. "
+                             "`world_model(kind=ensemble, reward=true)`) and train it with `loss model` on "
+                             "transitions that have rewards")
+
+    def method_shape(self, method, options, shapes):
+        if len(shapes) < 2:
+            raise ShapeError("its reward is called like the dynamics, with the state and the control: f.reward(x, u)")
+        self._record_sizes(options, shapes)
+        return ()
+
+    def method_apply(self, method, options, module, args):
+        s, c = self._flat(args)
+        return module.reward(s, c)
+
+    @staticmethod
+    def _flat(args: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first argument (B, n) and the others flattened and concatenated (B, r), on one batch."""
+        batch = max(a.shape[0] for a in args)
+        s = args[0].reshape(args[0].shape[0], -1).expand(batch, -1)
+        return s, torch.cat([a.reshape(a.shape[0], -1).expand(batch, -1) for a in args[1:]], dim=-1)
+
+    @staticmethod
+    def _record_sizes(options, shapes) -> None:
         sizes = (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:]))
         recorded = options.setdefault("sizes", sizes)
         if recorded != sizes:
@@ -167,7 +217,6 @@ class WorldModelBlock(BlockKind):
         bad = [i for i in options["angles"] if i >= sizes[0]]
         if bad:
             raise ShapeError(f"angles {list(bad)} are not entries of its first argument (size {sizes[0]}, 0-based)")
-        return shapes[0]
 
     def build(self, options):
         if "sizes" not in options:
@@ -176,7 +225,7 @@ class WorldModelBlock(BlockKind):
         ensemble = options["kind"] == "ensemble"
         return WorldModel(state, others, options["hidden"], options["members"] if ensemble else 1,
                           probabilistic=ensemble, residual=options["residual"] == "true", act=options["act"],
-                          angles=options["angles"])
+                          angles=options["angles"], reward=options["reward"] == "true")
 
     def apply(self, options, module, args):
         batch = max(a.shape[0] for a in args)
@@ -223,6 +272,43 @@ class BlockCallee:
             return self.kind.build(self.options)
         except ValueError as err:
             raise BlockError(self.name, str(err)) from None
+
+    def method(self, method: str) -> "BlockMethodCallee":
+        """The callee of `NAME.method(...)`; ShapeError when this block has no such method."""
+        self.kind.check_method(method, self.options)
+        return BlockMethodCallee(self, method)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockMethodCallee:
+    """`NAME.method(args)` of a declared block, e.g. a world model's `dyn.reward(x, u)`: the callee
+    protocol of `BlockCallee`, applied to the same bound module (same `ref`)."""
+
+    block: BlockCallee
+    method: str
+    min_args: int = 1
+    max_args: int = 16
+    smooth: bool = True
+    evaluate = None
+    fold = None
+    is_block = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.block.name}.{self.method}"
+
+    @property
+    def ref(self) -> BlockRef:
+        return self.block.ref
+
+    def shape(self, shapes, _consts) -> Shape:
+        return self.block.kind.method_shape(self.method, self.block.options, list(shapes))
+
+    def degree(self, degrees) -> int | None:
+        return self.block.degree(degrees)
+
+    def apply(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        return self.block.kind.method_apply(self.method, self.block.options, module, list(args))
 
 
 class BlockError(ValueError):

@@ -20,12 +20,10 @@ observation's from `encode` / `filter` (or the `obs=` option); the shape pass re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from compiler.blocks import BLOCK_KINDS, BlockKind, BlockRef
+from compiler.blocks import BLOCK_KINDS, BlockKind
 from compiler.functions import ShapeError, format_shape
 from compiler.ir import Shape
 from compiler.options import Number, Option, Schema, Symbol
@@ -33,7 +31,6 @@ from planlang import ast
 from runtime.latent_world_model import LatentWorldModel
 
 _INT = Number(integer=True, minimum=1)
-METHODS = ("encode", "filter", "reward")
 
 
 class LatentWorldModelBlock(BlockKind):
@@ -41,6 +38,7 @@ class LatentWorldModelBlock(BlockKind):
 
     name = "world_model"
     doc = "recurrent latent world model (RSSM): plan in its latent state [h; z]"
+    methods = ("encode", "filter", "reward")
     schema = Schema(kind=Option(Symbol(("latent",)), "latent", "the recurrent latent model"),
                     deter=Option(_INT, 64, "size of the GRU state h"),
                     stoch=Option(_INT, 16, "size of the Gaussian latent z"),
@@ -121,7 +119,8 @@ class LatentWorldModelBlock(BlockKind):
         batch = max(a.shape[0] for a in args)
         return module(args[0].expand(batch, -1), self._flat(args[1:], batch))
 
-    def apply_method(self, method: str, module: LatentWorldModel, args: list[torch.Tensor]) -> torch.Tensor:
+    def method_apply(self, method: str, options: dict, module: LatentWorldModel, args: list[torch.Tensor]
+                     ) -> torch.Tensor:
         batch = max(a.shape[0] for a in args)
         if method == "encode":
             return module.encode(self._flat(args, batch))
@@ -140,48 +139,3 @@ def block_kind(spec: ast.Call) -> BlockKind | None:
                                         for k in spec.keywords):
         return LATENT
     return BLOCK_KINDS.get(spec.func)
-
-
-@dataclass(frozen=True, eq=False)
-class BlockMethod:
-    """`NAME.method(...)` of a block as a callee (the protocol of `compiler.blocks.BlockCallee`):
-    its value needs the block's bound module, found under the block's ref."""
-
-    block: str
-    method: str
-    kind: LatentWorldModelBlock
-    options: dict = field(repr=False)
-    min_args: int = 1
-    max_args: int = 16
-    smooth: bool = True
-    evaluate = None
-    fold = None
-    is_block = True
-
-    @property
-    def name(self) -> str:
-        return f"{self.block}.{self.method}"
-
-    @property
-    def ref(self) -> BlockRef:
-        return BlockRef(self.block)
-
-    def shape(self, shapes, _consts) -> Shape:
-        return self.kind.method_shape(self.method, self.options, list(shapes))
-
-    def degree(self, degrees) -> int | None:
-        return 0 if all(d == 0 for d in degrees) else None
-
-    def apply(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        return self.kind.apply_method(self.method, module, list(args))
-
-
-def block_method(callee, method: str) -> BlockMethod:
-    """The callee of `NAME.method` for the declared block `callee` (a ShapeError naming what the
-    block has otherwise)."""
-    if not isinstance(callee.kind, LatentWorldModelBlock):
-        raise ShapeError(f"block '{callee.name}' ({callee.kind.name}) has no methods; "
-                         f"`{callee.name}.{method}(...)` is for world_model(kind=latent) blocks")
-    if method not in METHODS:
-        raise ShapeError(f"a latent world model has no method '{method}' (methods: {', '.join(METHODS)})")
-    return BlockMethod(callee.name, method, callee.kind, callee.options)

@@ -99,10 +99,14 @@ class Keyword:
 
 @dataclass(frozen=True)
 class Call:
+    """`func(args)`, or with `method` the method call `func.method(args)` (e.g. `dyn.reward(x, u)`
+    on a block `dyn`)."""
+
     span: Span
     func: str
     args: tuple["Expr", ...]
     keywords: tuple[Keyword, ...] = ()
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ def to_text(expr: "Expr | Slice") -> str:
         return f"{_atom_text(expr.left)} {expr.op.value} {_atom_text(expr.right)}"
     if isinstance(expr, Call):
         args = [to_text(a) for a in expr.args] + [f"{k.name}={to_text(k.value)}" for k in expr.keywords]
-        return f"{expr.func}({', '.join(args)})"
+        callee = expr.func if expr.method is None else f"{expr.func}.{expr.method}"
+        return f"{callee}({', '.join(args)})"
     if isinstance(expr, Array):
         return "[" + ", ".join(to_text(i) for i in expr.items) + "]"
     if isinstance(expr, Index):

@@ -95,6 +95,8 @@ def run_mbrl(args) -> int:
 
     def show(record: dict) -> None:
         fit = f"  fit {record['fit_epochs']} epochs, val mse {record['val_mse']:.3g}" if "fit_epochs" in record else ""
+        if "val_reward_mse" in record:
+            fit += f", reward mse {record['val_reward_mse']:.3g}"
         print(f"episode {record['episode']:3d}  {record['policy']:6s} return {record['return']:10.2f}  "
               f"{record['time_s']:6.1f} s{fit}", flush=True)
 

@@ -76,8 +76,8 @@ def _references(decl, blocks: dict[str, str]) -> list[tuple[ast.Name, bool]]:
     refs = [(n, True) for n in kind.compile_time_names(decl) if n not in ast.names_in(kind.expr(decl))]
     for expr in kind.values(decl):
         refs += [(n, True) for n in ast.names_in(expr)]
-        refs += [(ast.Name(c.span, c.func.split(".")[0]), False) for c in ast.walk(expr)
-                 if isinstance(c, ast.Call) and c.func.split(".")[0] in blocks]
+        refs += [(ast.Name(c.span, c.func), False) for c in ast.walk(expr)
+                 if isinstance(c, ast.Call) and c.func in blocks]
     refs += [(name, required and not kind.local_names) for expr in kind.options(decl)
              for name, required in _option_names(expr)]
     if isinstance(decl, ast.ContinualDecl):
@@ -91,7 +91,7 @@ def _option_names(expr) -> list[tuple[ast.Name, bool]]:
     if isinstance(expr, ast.Name):
         return [(expr, False)]
     if isinstance(expr, ast.Call):          # its callee too: a block called in a setting (`state = m.encode(obs)`)
-        return [(ast.Name(expr.span, expr.func.split(".")[0]), False)] + \
+        return [(ast.Name(expr.span, expr.func), False)] + \
             [r for a in list(expr.args) + [k.value for k in expr.keywords] for r in _option_names(a)]
     if isinstance(expr, ast.Array):
         return [r for item in expr.items for r in _option_names(item)]

@@ -21,7 +21,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from compiler.latent_block import BlockMethod, LatentWorldModelBlock
+from compiler.blocks import BlockMethodCallee
+from compiler.latent_block import LatentWorldModelBlock
 from compiler.ir import Op
 from planlang.ast import VarKind
 from runtime.training import Callback, TrainConfig, Trainer, default_callbacks, split
@@ -35,7 +36,8 @@ def is_latent(module, block: str) -> bool:
 
 def uses_reward(module, block: str) -> bool:
     """The plan calls `block.reward(...)` somewhere."""
-    return any(e.op is Op.CALL and isinstance(e.attr, BlockMethod) and e.attr.block == block and e.attr.method == "reward"
+    return any(e.op is Op.CALL and isinstance(e.attr, BlockMethodCallee) and e.attr.block.name == block
+               and e.attr.method == "reward"
                for _, data in module.graph.nodes(data=True) if data.get("ir") is not None
                for e in data["ir"].walk())
 

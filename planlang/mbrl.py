@@ -194,13 +194,16 @@ def _uniform_controls(batch: int, m: int, lower, upper, generator, like: Tensor)
 
 def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int = 1,
          config: Optional[TrainConfig] = None, dtype: torch.dtype = torch.float32,
-         on_episode: Optional[Callable[[dict], None]] = None, random_hold: int = 10) -> dict:
+         on_episode: Optional[Callable[[dict], None]] = None, random_hold: int = 10,
+         on_data: Optional[Callable[[object, dict, dict], None]] = None) -> dict:
     """Model-based RL on a gymnasium environment (module docstring). Returns
     {"returns": [E floats], "episodes": [per-episode records], "module": the trained module, ...}.
 
     config: the fitting settings (default: the plan's `train { }` block, whose loss must be
     `model`); episode e is reset with seed + e; the random episodes hold each action for
-    `random_hold` steps; `on_episode(record)` is called after each.
+    `random_hold` steps; `on_episode(record)` is called after each; `on_data(module, part, data)`
+    after each episode's transitions `part` are added to `data`, before the refit (the module is
+    the one that acted: e.g. to check its predictions on data it has not seen, or to checkpoint).
     """
     import planlang
     from planlang.training import plan_train_config
@@ -227,6 +230,8 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
         acted = time.perf_counter()
         part = episode_transitions(module, episode, index, bound, like)
         data = part if data is None else concat_transitions(data, part)
+        if on_data is not None:
+            on_data(module, part, data)
         record = {"episode": index + 1, "policy": policy, "return": episode.return_, "steps": part["x"].shape[0],
                   "transitions": data["x"].shape[0], "act_s": acted - began}
         if index < episodes - 1:
@@ -235,6 +240,8 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
                                       callbacks=[EarlyStopping(config.patience)])
             best = min(history, key=lambda r: r.get("val_loss", r["train_loss"])) if history else {}
             record.update(fit_epochs=len(history), val_mse=best.get("val_mse"), val_rollout_mse=best.get("val_rollout_mse"))
+            if "val_reward_mse" in best:                      # a reward head: its held-out error, reward units
+                record["val_reward_mse"] = best["val_reward_mse"]
         record["time_s"] = time.perf_counter() - began
         records.append(record)
         if on_episode is not None:

@@ -85,7 +85,12 @@ def parse(source: Source) -> ast.PlanAST:
         raise err.with_source(source) from None
     except lark.exceptions.UnexpectedInput as err:
         raise PlanError(_unclosed_bracket(err) or _describe(err, text), source) from None
-    return _ToAST().transform(tree)
+    try:
+        return _ToAST().transform(tree)
+    except lark.exceptions.VisitError as err:             # a located error raised while building the AST
+        if isinstance(err.orig_exc, PlanError):
+            raise err.orig_exc.with_source(source) from None
+        raise
 
 
 # ------------------------------------------------------------ syntax messages
@@ -254,12 +259,6 @@ class _ToAST(Transformer):
         base, name = children
         return ast.Attribute(_span(meta), base, str(name))
 
-    def method_call(self, meta, children):
-        """`NAME.method(args)`: a call of a block's method, func 'NAME.method' (compiler.latent_block)."""
-        base, method, *args = children
-        owner = base.id if isinstance(base, ast.Name) else "(expression)"
-        return self.call_expr(meta, [f"{owner}.{method}", *args])
-
     def number(self, meta, children):
         tok = children[0]
         return ast.Number(_span(meta), float(tok), is_int=tok.isdigit())
@@ -294,6 +293,16 @@ class _ToAST(Transformer):
         args = [a for a in args if a is not None]
         return ast.Call(_span(meta), str(name), tuple(a for a in args if not isinstance(a, ast.Keyword)),
                         tuple(a for a in args if isinstance(a, ast.Keyword)))
+
+    def method_call(self, meta, children):
+        """`NAME.method(args)`: a call of block NAME's method (func NAME, method set)."""
+        base, method, *args = children
+        if not isinstance(base, ast.Name):
+            raise PlanError(Diagnostic(_span(meta), f"a method call `.{method}(...)` is made on a block's name",
+                                       f"e.g. `dyn.{method}(x, u)` for `block dyn = world_model(...)`"))
+        args = [a for a in args if a is not None]
+        return ast.Call(_span(meta), base.id, tuple(a for a in args if not isinstance(a, ast.Keyword)),
+                        tuple(a for a in args if isinstance(a, ast.Keyword)), method=str(method))
 
     def positional(self, meta, children):
         return children[0]

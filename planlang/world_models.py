@@ -96,8 +96,9 @@ def check_against_plan(module, data: Mapping[str, Tensor], where: str) -> None:
 
 
 def model_windows(module, call: WorldModelCall, data: Mapping[str, Tensor], steps: int,
-                  where: str = "transitions") -> dict[str, Tensor]:
-    """`state` (W, k+1, |s|) and `others` (W, k, r) of every k-step window (module docstring)."""
+                  where: str = "transitions", with_reward: bool = False) -> dict[str, Tensor]:
+    """`state` (W, k+1, |s|) and `others` (W, k, r) of every k-step window (module docstring), and
+    with `with_reward` `reward` (W, k), the reward of each of its transitions."""
     index = windows(dict(data), steps)
     if index.shape[0] == 0:
         raise TransitionsError(f"{where}: no run of {steps} consecutive transitions of one episode "
@@ -125,7 +126,10 @@ def model_windows(module, call: WorldModelCall, data: Mapping[str, Tensor], step
                 raise TransitionsError(f"{where}: no column 'input_{ref.name}' and {ref.kind.value} '{ref.name}' "
                                        f"has no default in plan '{module.plan_name}'")
             parts.append(default.to(x.dtype).reshape(1, 1, -1).expand(W, steps, -1))
-    return {"state": state, "others": torch.cat(parts, dim=-1)}
+    out = {"state": state, "others": torch.cat(parts, dim=-1)}
+    if with_reward:
+        out["reward"] = data["reward"][index]                              # (W, k)
+    return out
 
 
 def bootstrap_weights(count: int, members: int, seed: int) -> Tensor:
@@ -170,13 +174,20 @@ def fit_world_model(module, data: str | Path | Mapping[str, Tensor], config: Tra
     options = dict(config.loss_options)
     steps = int(options.pop("steps", 3))
     loss = BlockModelLoss(call.block, **options)
-    batch = model_windows(module, call, transitions, steps, where)
-    train_set, validation = split(batch, config.validation, config.seed)
     block = module.blocks[call.block]
+    has_reward = getattr(block, "has_reward", False)
+    if has_reward and "reward" not in transitions:
+        raise TransitionsError(f"{where}: no 'reward' column, and world model '{call.block}' has a reward head "
+                               f"(reward=true) to fit; record rewards (planlang collect --env does) or "
+                               f"declare the block without reward=true")
+    batch = model_windows(module, call, transitions, steps, where, with_reward=has_reward)
+    train_set, validation = split(batch, config.validation, config.seed)
     if refit_normalization or not bool(block.fitted):
         block.fit_normalization(train_set["state"][:, :-1].reshape(-1, block.state),
                                 train_set["others"].reshape(-1, block.others),
                                 train_set["state"][:, 1:].reshape(-1, block.state))
+        if has_reward:
+            block.fit_reward_normalization(train_set["reward"].reshape(-1))
     if block.members > 1:
         counts = bootstrap_weights(train_set["state"].shape[0], block.members, config.seed)
         train_set = {**train_set, "bootstrap": counts.to(dtype=witness.dtype, device=witness.device)}

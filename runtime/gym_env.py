@@ -30,7 +30,13 @@ class Episode(NamedTuple):
 
 
 def make_env(env_id: str, **kwargs: Any):
-    """`gymnasium.make(env_id, **kwargs)`, with a clear error when gymnasium is missing."""
+    """`gymnasium.make(env_id, **kwargs)`, with a clear error when gymnasium is missing; an id
+    `dmc:DOMAIN-TASK[:REPEAT]` is a DeepMind Control Suite task (`runtime.dmc_env`)."""
+    from runtime.dmc_env import PREFIX, make_dmc
+    if env_id.startswith(PREFIX):
+        if kwargs:
+            raise ValueError(f"'{env_id}': DeepMind Control tasks take no options, got {sorted(kwargs)}")
+        return make_dmc(env_id)
     try:
         import gymnasium
     except ImportError as err:

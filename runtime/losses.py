@@ -229,9 +229,13 @@ class ModelLoss:
                    (ℓ: Gaussian NLL for a probabilistic model, squared error otherwise, teacher forced)
         multi-step Lk = mean_k [Σ_b w_bk mean_{t=1..k} |(ŝ^k_t ⊖ s_t) / σ_out|² / n / Σ_b w_bk]
                    with ŝ^k_0 = s_0, ŝ^k_t+1 = member k's mean prediction from ŝ^k_t (its own rollout)
-        L = L1 + multistep_weight · Lk + the log-variance bound penalty.
+        L = L1 + multistep_weight · Lk + Lr + the log-variance bound penalty.
+    Lr is the reward head's one-step loss (`WorldModel.reward_losses`, weighted by the members'
+    mean weight w̄_b = mean_k w_bk) on `reward` (B, k), the reward of each transition of the
+    window; a model with a reward head needs it, a model without one has Lr = 0.
     Metrics: `mse` (one-step squared error, normalized units, mean over members and steps),
-    `rollout_mse` (squared error of the members' rollouts after k steps) and `nll` (probabilistic).
+    `rollout_mse` (squared error of the members' rollouts after k steps), `nll` (probabilistic)
+    and, with a reward head, `reward_mse` (the members' squared reward error, in reward units).
     """
 
     multistep_weight: float = 1.0
@@ -255,6 +259,14 @@ class ModelLoss:
         metrics = {"mse": sq.mean().detach(), "rollout_mse": rollout[..., -1].mean().detach()}
         if model.probabilistic:
             metrics["nll"] = per.mean().detach()
+        if getattr(model, "has_reward", False):
+            if "reward" not in batch:
+                raise ValueError("the world model has a reward head, and the batch has no 'reward' (B, k)")
+            r_per, r_sq = model.reward_losses(s[:, :-1].reshape(B * k, -1), c.reshape(B * k, -1),
+                                              batch["reward"].reshape(B * k))
+            mean_weight = weights.mean(0)                                                    # (B,)
+            loss = loss + (mean_weight * r_per.reshape(B, k).mean(-1)).sum() / mean_weight.sum().clamp_min(1e-12)
+            metrics["reward_mse"] = (r_sq.mean() * model.reward_std ** 2).detach()
         return loss, metrics
 
 

@@ -18,6 +18,19 @@ are set once from data by `fit_normalization` (constant columns get σ = 1).
 
 Trajectory sampling: `member_index` (B,) in `sampling(...)` makes every row of a batch follow one
 member's mean prediction instead of the ensemble mean (PETS' TS∞).
+
+Reward head (`reward=True`): one more network on the same normalized features z predicts the
+reward r of the transition (s, c) -> s' (its own trunk, so fitting the reward leaves the dynamics'
+features alone):
+
+    (ρ, log ς²) = reward_net(z)                           (ρ only for a deterministic model)
+    reward      r̂ = μ_r + σ_r ρ                           `reward(s, c)` (B,)
+
+with μ_r, σ_r normalization buffers fitted from data like the others and the log-variance bounded
+smoothly to [min_logvar, max_logvar] with fixed bounds. It is one network, not M: a planner
+evaluates the reward on every sample and stage at once (outside trajectory sampling, so a
+member's own reward would not follow its trajectory), where M networks would cost M times as
+much; an ensemble's bootstrap weights are averaged over its members for it.
 """
 from __future__ import annotations
 
@@ -57,7 +70,8 @@ class WorldModel(nn.Module):
 
     def __init__(self, state: int, others: int, hidden: Sequence[int] = (200, 200), members: int = 1,
                  probabilistic: bool = False, residual: bool = True, act: str = "silu",
-                 angles: Sequence[int] = (), min_logvar: float = -10.0, max_logvar: float = 0.5):
+                 angles: Sequence[int] = (), min_logvar: float = -10.0, max_logvar: float = 0.5,
+                 reward: bool = False):
         super().__init__()
         if state < 1 or others < 0 or members < 1:
             raise ValueError(f"a world model needs state >= 1, others >= 0, members >= 1; got {state}, {others}, {members}")
@@ -82,6 +96,13 @@ class WorldModel(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.member_index: Optional[Tensor] = None
         self._order: Optional[Tensor] = None       # rows sorted by member, when the assignment is balanced
+        self.has_reward = bool(reward)
+        if self.has_reward:
+            self.reward_layers = nn.ModuleList(EnsembleLinear(1, a, b) for a, b in zip(widths[:-1], widths[1:]))
+            self.reward_head = EnsembleLinear(1, widths[-1], 2 if probabilistic else 1)
+            self.reward_logvar_bounds = (float(min_logvar), float(max_logvar))
+            self.register_buffer("reward_mean", torch.zeros(()))
+            self.register_buffer("reward_std", torch.ones(()))
 
     # ------------------------------------------------------------------ features and targets
     def features(self, s: Tensor, c: Tensor) -> Tensor:
@@ -115,6 +136,14 @@ class WorldModel(nn.Module):
             mean.copy_(mu)
             std.copy_(torch.where(sigma > 1e-6 * (1 + mu.abs()), sigma, torch.ones_like(sigma)))
         self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def fit_reward_normalization(self, r: Tensor) -> None:
+        """Set μ_r, σ_r from rewards r (N,) (σ_r = 1 when the rewards are constant)."""
+        self._require_reward()
+        mu, sigma = r.mean(), r.std(unbiased=False)
+        self.reward_mean.copy_(mu)
+        self.reward_std.copy_(torch.where(sigma > 1e-6 * (1 + mu.abs()), sigma, torch.ones_like(sigma)))
 
     # ------------------------------------------------------------------ prediction
     def normalized(self, s: Tensor, c: Tensor, with_logvar: bool = True) -> tuple[Tensor, Optional[Tensor]]:
@@ -181,6 +210,40 @@ class WorldModel(nn.Module):
             yield
         finally:
             self.member_index, self._order = previous
+
+    # ------------------------------------------------------------------ reward head
+    def _require_reward(self) -> None:
+        if not self.has_reward:
+            raise ValueError("this world model has no reward head (build it with reward=True)")
+
+    def reward_normalized(self, s: Tensor, c: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """In normalized reward units: mean ρ (B,) and log-variance (B,) (None for a deterministic
+        model), from s (B, n), c (B, r)."""
+        self._require_reward()
+        h = ((self.features(s, c) - self.in_mean) / self.in_std).unsqueeze(0)
+        for layer in self.reward_layers:
+            h = self.act(layer(h))
+        out = self.reward_head(h)[0]
+        if not self.probabilistic:
+            return out[:, 0], None
+        low, high = self.reward_logvar_bounds
+        logvar = high - F.softplus(high - out[:, 1])
+        return out[:, 0], low + F.softplus(logvar - low)
+
+    def reward(self, s: Tensor, c: Tensor) -> Tensor:
+        """The predicted reward (B,) of the transition from s (B, n) under c (B, r)."""
+        mean, _ = self.reward_normalized(s, c)
+        return self.reward_mean + self.reward_std * mean
+
+    def reward_losses(self, s: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """Per example: (loss (B,), squared error (B,)) of the reward r (B,) in normalized reward
+        units; loss is ½ [(y - ρ)² e^{-lv} + lv + log 2π] (probabilistic) or (y - ρ)²,
+        y = (r - μ_r) / σ_r."""
+        mean, logvar = self.reward_normalized(s, c)
+        sq = ((r - self.reward_mean) / self.reward_std - mean) ** 2
+        if logvar is None:
+            return sq, sq
+        return 0.5 * (sq * torch.exp(-logvar) + logvar + math.log(TWO_PI)), sq
 
     # ------------------------------------------------------------------ losses
     def member_losses(self, s: Tensor, c: Tensor, s_next: Tensor) -> tuple[Tensor, Tensor]:

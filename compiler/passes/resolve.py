@@ -34,8 +34,6 @@ def run(graph: nx.DiGraph) -> PassResult:
                            did_you_mean(ref.id, list(declared) + sorted(BUILTIN_NAMES)) or
                            "declare it (const, param, input, learn, state or control)")
         for call in _calls(data["decl"]):
-            if "." in call.func and call.func.split(".")[0] in blocks:     # a block's method (shapes checks it)
-                continue
             if call.func not in FUNCTIONS and call.func not in blocks:
                 errors.add(call.span, f"unknown function '{call.func}'",
                            did_you_mean(call.func, list(FUNCTIONS) + sorted(blocks))

@@ -25,7 +25,7 @@ import torch
 
 from compiler.blocks import BLOCK_KINDS, BlockCallee, PythonBlock
 from compiler.context import AgentsInfo, GridInfo, PlanInfo, VarInfo
-from compiler.latent_block import block_kind, block_method
+from compiler.latent_block import block_kind
 from compiler.continual_block import check_task_boundaries, continual_methods
 from compiler.envs import env_spec
 from compiler.train_block import train_settings
@@ -341,8 +341,11 @@ def _whole(value: torch.Tensor) -> int | None:
 
 
 def _const_order(graph: nx.DiGraph) -> list[str]:
+    """The consts in an order that evaluates each after the ones it uses; ties in source order,
+    so that the order (and what is printed from it) is the same on every run."""
     consts = [n for n, d in graph.nodes(data=True) if d["kind"] is NodeKind.CONST]
-    return [n for n in nx.topological_sort(graph.subgraph(consts))]
+    span = lambda n: (graph.nodes[n]["span"].line, graph.nodes[n]["span"].col)
+    return list(nx.lexicographical_topological_sort(graph.subgraph(consts), key=span))
 
 
 def _horizon(graph: nx.DiGraph, typer: "Typer") -> int:
@@ -634,9 +637,7 @@ class Typer:
             raise Located(span, f"shape mismatch: {err}", "elementwise operations follow NumPy broadcasting") from None
 
     def _call(self, e: ast.Call) -> Expr:
-        if "." in e.func:
-            return self._method_call(e)
-        fn = self.info.blocks.get(e.func) or FUNCTIONS[e.func]
+        fn = self._method(e) if e.method is not None else self.info.blocks.get(e.func) or FUNCTIONS[e.func]
         if e.keywords:
             raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
         if not fn.min_args <= len(e.args) <= fn.max_args:
@@ -664,23 +665,20 @@ class Typer:
         try:
             shape = fn.shape([a.shape for a in args], [])
         except ShapeError as err:
-            raise Located(e.span, f"shape mismatch in {e.func}(): {err}") from None
+            raise Located(e.span, f"shape mismatch in {fn.name if e.method else e.func}(): {err}") from None
         return Expr(Op.CALL, tuple(args), shape, e.span, fn)
 
-    def _method_call(self, e: ast.Call) -> Expr:
-        """`NAME.method(args)`: a method of block NAME (compiler.latent_block)."""
-        owner, method = e.func.split(".", 1)
-        if e.keywords:
-            raise Located(e.keywords[0].span, f"{e.func}() takes no keyword arguments")
-        args = [self.expr(a) for a in e.args]
-        if owner not in self.info.blocks:
-            raise Located(e.span, f"block '{owner}' has errors (above), so its methods cannot be typed")
+    def _method(self, e: ast.Call):
+        """The callee of `block.method(...)` (e.g. a world model's `dyn.reward(x, u)`)."""
+        block = self.info.blocks.get(e.func)
+        if block is None:
+            raise Located(e.span, f"'{e.func}.{e.method}(...)': '{e.func}' is not a block (or its declaration has "
+                                  "errors, above); methods are called on blocks",
+                          "e.g. `dyn.reward(x, u)` for `block dyn = world_model(..., reward=true)`")
         try:
-            fn = block_method(self.info.blocks[owner], method)
-            shape = fn.shape([a.shape for a in args], [])
+            return block.method(e.method)
         except ShapeError as err:
-            raise Located(e.span, f"{e.func}(): {err}") from None
-        return Expr(Op.CALL, tuple(args), shape, e.span, fn)
+            raise Located(e.span, f"block '{e.func}': {err}") from None
 
     def _index(self, e: ast.Index) -> Expr:
         first = e.indices[0]
