@@ -9,7 +9,9 @@
         played it (before it is refitted on it, so on data it has not seen): the sum of the
         learned rewards over the episode next to its return, and their mean squared difference.
         Every --every episodes (and at the end) the plan's weights and all transitions so far are
-        written next to the log (LOG.pt, LOG.npz).
+        written next to the log (LOG.pt, LOG.npz). With --resume, an interrupted run continues
+        from those files after the log's last checkpointed episode, appending to the log (the
+        wall and CPU columns then count the resumed process from where the log left them).
     python benchmarks/dmc_pendulum.py true --plan /path/true_model.plan --episodes 5 --seed 0
         the same cost planned through a known model (a plan whose dynamics are written out), for
         the true-model reference: the returns as JSON on stdout.
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import planlang  # noqa: E402
 from planlang.mbrl import mbrl  # noqa: E402
 from planlang.world_models import the_world_model  # noqa: E402
-from runtime.transitions import save_transitions  # noqa: E402
+from runtime.transitions import load_transitions, save_transitions  # noqa: E402
 from runtime.dmc_env import parse_dmc_id  # noqa: E402
 
 
@@ -44,8 +46,19 @@ def run_mbrl(args) -> None:
     repeat = parse_dmc_id(env_id)[2]
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
     state = {"env_steps": 0, "start": time.perf_counter(), "cpu": time.process_time(), "episodes": 0}
+    resume = None
+    if args.resume:
+        data = load_transitions(log.with_suffix(".npz"), dtype=torch.float32)
+        done = int(data["episode"].max()) + 1
+        lines = [json.loads(line) for line in log.read_text().splitlines()][:done]
+        log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        last = lines[-1]
+        state.update(env_steps=last["env_steps"], episodes=done, start=state["start"] - last["wall_s"],
+                     cpu=state["cpu"] - last["cpu_s"])
+        resume = (done, torch.load(log.with_suffix(".pt")), data)
+    else:
+        log.write_text("")
     block = the_world_model(planlang.compile(plan)).block
 
     def on_data(module, part: dict, data: dict) -> None:
@@ -69,7 +82,8 @@ def run_mbrl(args) -> None:
         with log.open("a") as out:
             out.write(json.dumps(line) + "\n")
 
-    mbrl(plan, env_id, args.episodes, args.seed, random_episodes=1, on_episode=on_episode, on_data=on_data)
+    mbrl(plan, env_id, args.episodes, args.seed, random_episodes=1, on_episode=on_episode, on_data=on_data,
+         resume=resume)
 
 
 def run_true(args) -> None:
@@ -112,6 +126,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", default="dmc_pendulum.jsonl", help="mbrl: one JSON line per episode")
     parser.add_argument("--every", type=int, default=5, help="mbrl: checkpoint every this many episodes")
+    parser.add_argument("--resume", action="store_true", help="mbrl: continue the run of --log from its checkpoint")
     parser.add_argument("--fuse", choices=("on", "off"), help="speed: set mppi's fuse option")
     parser.add_argument("--calls", type=int, default=40, help="speed: timed planning steps")
     args = parser.parse_args()

@@ -192,10 +192,24 @@ def _uniform_controls(batch: int, m: int, lower, upper, generator, like: Tensor)
 
 # ------------------------------------------------------------------------------ mbrl
 
+def _refit(module, data: dict, config: TrainConfig, index: int) -> dict:
+    """The refit after episode index + 1 (seeded by it); its record entries."""
+    from planlang.world_models import fit_world_model
+
+    fit = replace(config, seed=config.seed + index, progress=False, checkpoint=None, log=None, plot=None)
+    history = fit_world_model(module, data, fit, refit_normalization=True, callbacks=[EarlyStopping(config.patience)])
+    best = min(history, key=lambda r: r.get("val_loss", r["train_loss"])) if history else {}
+    record = dict(fit_epochs=len(history), val_mse=best.get("val_mse"), val_rollout_mse=best.get("val_rollout_mse"))
+    if "val_reward_mse" in best:                      # a reward head: its held-out error, reward units
+        record["val_reward_mse"] = best["val_reward_mse"]
+    return record
+
+
 def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int = 1,
          config: Optional[TrainConfig] = None, dtype: torch.dtype = torch.float32,
          on_episode: Optional[Callable[[dict], None]] = None, random_hold: int = 10,
-         on_data: Optional[Callable[[object, dict, dict], None]] = None) -> dict:
+         on_data: Optional[Callable[[object, dict, dict], None]] = None,
+         resume: Optional[tuple[int, dict, dict]] = None) -> dict:
     """Model-based RL on a gymnasium environment (module docstring). Returns
     {"returns": [E floats], "episodes": [per-episode records], "module": the trained module, ...}.
 
@@ -204,10 +218,13 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
     `random_hold` steps; `on_episode(record)` is called after each; `on_data(module, part, data)`
     after each episode's transitions `part` are added to `data`, before the refit (the module is
     the one that acted: e.g. to check its predictions on data it has not seen, or to checkpoint).
+    resume = (k, weights, data) continues a run after its episode k from the module's state_dict
+    and the transitions of episodes 1..k as `on_data` saw them then: it refits on the data, as
+    the run would have, and plays episodes k+1..episodes (the returns list holds those only).
     """
     import planlang
     from planlang.training import plan_train_config
-    from planlang.world_models import fit_world_model, the_world_model
+    from planlang.world_models import the_world_model
 
     if episodes < 1 or random_episodes < 0:
         raise ValueError(f"--episodes must be >= 1 and random episodes >= 0, got {episodes} and {random_episodes}")
@@ -221,8 +238,14 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
     spec, gym = _env_setup(module, env)
     like = _like(module)
     bound, _, like = module.bind({}, initial_states=False, like=like)
-    start, data, records = time.perf_counter(), None, []
-    for index in range(episodes):
+    start, data, records, first = time.perf_counter(), None, [], 0
+    if resume is not None:
+        first, weights, data = resume
+        if not 0 < first < episodes:
+            raise ValueError(f"resume after episode {first} of {episodes}: nothing to continue")
+        module.load_state_dict(weights)
+        _refit(module, data, config, first - 1)
+    for index in range(first, episodes):
         began = time.perf_counter()
         policy = "random" if index < random_episodes else "plan"
         with torch.no_grad():
@@ -235,13 +258,7 @@ def mbrl(plan, env=None, episodes: int = 10, seed: int = 0, random_episodes: int
         record = {"episode": index + 1, "policy": policy, "return": episode.return_, "steps": part["x"].shape[0],
                   "transitions": data["x"].shape[0], "act_s": acted - began}
         if index < episodes - 1:
-            fit = replace(config, seed=config.seed + index, progress=False, checkpoint=None, log=None, plot=None)
-            history = fit_world_model(module, data, fit, refit_normalization=True,
-                                      callbacks=[EarlyStopping(config.patience)])
-            best = min(history, key=lambda r: r.get("val_loss", r["train_loss"])) if history else {}
-            record.update(fit_epochs=len(history), val_mse=best.get("val_mse"), val_rollout_mse=best.get("val_rollout_mse"))
-            if "val_reward_mse" in best:                      # a reward head: its held-out error, reward units
-                record["val_reward_mse"] = best["val_reward_mse"]
+            record.update(_refit(module, data, config, index))
         record["time_s"] = time.perf_counter() - began
         records.append(record)
         if on_episode is not None:

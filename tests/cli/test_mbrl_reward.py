@@ -67,3 +67,24 @@ def test_mbrl_shows_each_episode_to_on_data_before_the_refit(tmp_path):
     assert [(p, d) for p, d, _ in seen] == [(20, 20), (20, 40)]
     assert seen[0][2] == 1.0 and seen[1][2] != 1.0           # the second episode was played by a fitted model
     assert len(result["returns"]) == 2
+
+
+def test_a_resumed_run_plays_the_episodes_the_whole_run_plays(tmp_path):
+    """resume=(k, weights, data) from `on_data` after episode k: the same later returns."""
+    pytest.importorskip("gymnasium")
+    import copy
+
+    from planlang.mbrl import mbrl
+
+    plan = planlang.loads(PLAN, "tiny.plan")
+    saved = {}
+
+    def keep(module, part, data):
+        saved[part["episode"].max().item() + 1] = (copy.deepcopy(module.state_dict()), data)
+
+    whole = mbrl(plan, "Pendulum-v1", episodes=3, seed=2, on_data=keep)
+    weights, data = saved[2]
+    resumed = mbrl(plan, "Pendulum-v1", episodes=3, seed=2, resume=(2, weights, data))
+    assert resumed["returns"] == whole["returns"][2:]
+    with pytest.raises(ValueError, match="nothing to continue"):
+        mbrl(plan, "Pendulum-v1", episodes=2, seed=2, resume=(2, weights, data))
