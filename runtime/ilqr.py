@@ -86,7 +86,7 @@ from torch.autograd.function import once_differentiable
 
 from runtime.box_lqr import box_lqr_step, costates, factor_free
 from runtime.box_qp import BoxQPOptions
-from runtime.ilqr_backward import Policy, regularized_backward_pass
+from runtime.ilqr_backward import Policy, local_model, next_mu, regularized_backward_pass
 from runtime.ilqr_shooting import multiple_shooting
 from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConstraint,
                                       StageConstraint, derivative_costs, augmented_costs,
@@ -225,12 +225,7 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
     mu = torch.zeros_like(J)
 
     for it in range(options.max_iters + 1):
-        model = fns.stage(x[:, :-1], u)
-        final = fns.final(x[:, -1])
-        if options.newton:
-            lam = costates(model.F, model.g, final.g)
-            model = model._replace(C=model.C + fns.curvature(x[:, :-1], u, lam[:, 1:]))
-        finite = _finite_per_element(*model, *final)
+        model, final, finite = local_model(fns, x, u, options.newton)
         status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
         active = active & finite
         policy, mu = regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
@@ -246,10 +241,7 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
 
         x, u, J, accepted = _line_search(fns, x0, x, u, J, policy, lo, hi, active, options)
         iterations = iterations + active.to(iterations.dtype)
-        lower = mu / options.mu_factor
-        lower = torch.where(lower < options.mu_min, 0.0, lower)
-        higher = (mu * options.mu_factor).clamp(options.mu_min, options.mu_max)
-        mu = torch.where(active, torch.where(accepted, lower, higher), mu)
+        mu = next_mu(mu, accepted, active, options)
 
     solution = ILQRSolution(x, u, J, status, iterations, residual)
     return _Result(solution, model, final)
@@ -440,11 +432,6 @@ def _implicit_step(fns: TrajectoryFunctions, x0: Tensor, result: _Result,
     cT = final.g - (final.C @ x[:, -1, :, None]).squeeze(-1)
     return box_lqr_step(x0, C, c, model.F, f, final.C, cT, clamp_value, free, x, u, fac)
 
-
-
-def _finite_per_element(*tensors: Tensor) -> Tensor:
-    """(B,) True where every tensor's row b is finite."""
-    return torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tensors]).all(0)
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from runtime.box_lqr import costates
 from runtime.box_qp import BoxQPOptions, box_qp
-from runtime.ilqr_derivatives import FinalDerivatives, StageDerivatives
+from runtime.ilqr_derivatives import FinalDerivatives, StageDerivatives, TrajectoryFunctions
 from runtime.status import Status
 
 if TYPE_CHECKING:
@@ -118,3 +119,25 @@ def homogeneous(model: StageDerivatives, final: FinalDerivatives, defects: Optio
     V = torch.cat((torch.cat((final.C, final.g[..., None]), -1),
                    torch.cat((final.g[:, None, :], zero[:, 0]), -1)), -2)
     return C_aug, F_aug, V
+
+
+def local_model(fns: TrajectoryFunctions, x: Tensor, u: Tensor, newton: bool
+                ) -> tuple[StageDerivatives, FinalDerivatives, Tensor]:
+    """The model of every stage at x (B, T+1, n), u (B, T, m) (step 1 of `runtime.ilqr`: with
+    `newton`, C gets the dynamics curvature weighted by the costates), and (B,) True where all
+    of it is finite."""
+    model, final = fns.stage(x[:, :-1], u), fns.final(x[:, -1])
+    if newton:
+        lam = costates(model.F, model.g, final.g)
+        model = model._replace(C=model.C + fns.curvature(x[:, :-1], u, lam[:, 1:]))
+    finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in (*model, *final)]).all(0)
+    return model, final, finite
+
+
+def next_mu(mu: Tensor, accepted: Tensor, active: Tensor, options: "ILQROptions") -> Tensor:
+    """Levenberg-Marquardt schedule (step 4 of `runtime.ilqr`): mu / factor (0 below mu_min)
+    after an accepted step, max(mu * factor, mu_min) after a rejected one, capped at mu_max."""
+    lower = mu / options.mu_factor
+    lower = torch.where(lower < options.mu_min, 0.0, lower)
+    higher = (mu * options.mu_factor).clamp(options.mu_min, options.mu_max)
+    return torch.where(active, torch.where(accepted, lower, higher), mu)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from runtime.box_lqr import costates
-from runtime.ilqr_backward import Policy, regularized_backward_pass
+from runtime.ilqr_backward import Policy, local_model, next_mu, regularized_backward_pass
 from runtime.ilqr_derivatives import FinalDerivatives, StageDerivatives, TrajectoryFunctions
 from runtime.status import Status
 
@@ -81,12 +81,7 @@ def multiple_shooting(fns: TrajectoryFunctions, x_init: Tensor, u_init: Tensor,
     rho = torch.zeros_like(J)
 
     for it in range(options.max_iters + 1):
-        model = fns.stage(x[:, :-1], u)
-        final = fns.final(x[:, -1])
-        if options.newton:
-            lam = costates(model.F, model.g, final.g)
-            model = model._replace(C=model.C + fns.curvature(x[:, :-1], u, lam[:, 1:]))
-        finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in (*model, *final)]).all(0)
+        model, final, finite = local_model(fns, x, u, options.newton)
         status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
         active = active & finite
         policy, mu = regularized_backward_pass(model, final, u, lo, hi, mu, active, options, defects)
@@ -105,10 +100,7 @@ def multiple_shooting(fns: TrajectoryFunctions, x_init: Tensor, u_init: Tensor,
         x, u, J, defects, accepted = _line_search(fns, x, u, J, defects, dx, du, model, final, rho,
                                                   active, options)
         iterations = iterations + active.to(iterations.dtype)
-        lower = mu / options.mu_factor
-        lower = torch.where(lower < options.mu_min, 0.0, lower)
-        higher = (mu * options.mu_factor).clamp(options.mu_min, options.mu_max)
-        mu = torch.where(active, torch.where(accepted, lower, higher), mu)
+        mu = next_mu(mu, accepted, active, options)
 
     return ShootingResult(x, u, status, iterations, residual, policy.K, model, final)
 

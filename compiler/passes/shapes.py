@@ -238,7 +238,7 @@ def _check_state_constraint_data(ir: Expr, info: PlanInfo) -> None:
             rows = info.variables[e.attr.name].shape[0]
             if rows != info.horizon + 1:
                 raise Located(e.span, f"a constraint on states only holds at x_1..x_T (t = 1..T), but "
-                                      f"'{e.attr.name}' has {rows} rows", f"declare it [T+1, ...] (row t is x_t's)")
+                                      f"'{e.attr.name}' has {rows} rows", "declare it [T+1, ...] (row t is x_t's)")
 
 
 def _time_step(graph: nx.DiGraph, typer: "Typer") -> float | None:

@@ -90,15 +90,17 @@ def test_state_guess_nodes_and_errors():
 
 
 def test_state_guess_escapes_the_swing_around_minimum():
-    """The long-horizon cart-pole: single shooting from u = 0 ends in a swing-around (cost in the
-    thousands); multiple shooting from the upright nodes balances (cost ~15)."""
+    """The long-horizon cart-pole: single shooting from u = 0 heads for a swing-around (cost in
+    the thousands after 15 iterations; 3180 at its minimum, benchmarks/README.md); multiple
+    shooting from the upright nodes balances (cost ~15)."""
     plan = planlang.load(ROOT / "examples" / "cartpole_upright_long.plan")
     with torch.no_grad():
         multiple = planlang.compile(plan, dtype=torch.float64)()
     assert multiple.ok.all() and multiple.cost.item() < 20
-    text = (ROOT / "examples" / "cartpole_upright_long.plan").read_text().replace("guess s = [0, 0, 0, 0]", "").replace(", shooting=multiple", "")
+    text = (ROOT / "examples" / "cartpole_upright_long.plan").read_text()
+    text = text.replace("guess s = [0, 0, 0, 0]", "").replace(", shooting=multiple", "")
     with torch.no_grad():
-        single = planlang.compile(planlang.loads(text), dtype=torch.float64)()
+        single = planlang.compile(planlang.loads(text), dtype=torch.float64, options={"iters": 15})()
     assert single.cost.item() > 100 * multiple.cost.item()
 
 
