@@ -118,7 +118,7 @@ def test_methods_belong_to_latent_blocks_and_quadratic_solvers_reject_them():
     text = plan_text().replace("block wm = world_model(kind=latent, deter=3, stoch=2, hidden=8)",
                                "block wm = world_model(kind=latent, deter=3, stoch=2, hidden=8)\n"
                                "block f = mlp(in=5, out=1)").replace("+ u^2", "+ u^2 + f.reward(s)")
-    with pytest.raises(PlanError, match=r"block 'f' \(mlp\) has no methods") as info:
+    with pytest.raises(PlanError, match=r"block 'f': a mlp block has no methods") as info:
         compiled(text)
     assert "latent.plan:8:" in str(info.value)
     with pytest.raises(PlanError) as info:
