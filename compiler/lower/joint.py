@@ -77,7 +77,7 @@ class AgentValues:
     def agent_rows(self, lead: tuple[int, ...], agent: Tensor | None = None, prefix: str = "") -> dict:
         """Per-agent values of agents `agent` (P,) along lead[1] (all N agents if None) as rows of
         lead = (B, N or P, ...), renamed `prefix + name`."""
-        B, rest = lead[0], lead[1:]
+        rest = lead[1:]
         out = {}
         for ref, value in self.per_agent.items():
             v = value if agent is None else value[:, agent]
