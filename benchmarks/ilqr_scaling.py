@@ -1,13 +1,14 @@
-"""iLQR time per iteration against horizon T and state size n, and the example plans' solves.
+"""iLQR time per iteration against horizon T and state size n, and the example plans' solves,
+on the torch kernels and on the native (C) kernels (`solve ilqr(kernels=...)`, runtime/native.py).
 
-Runtime level: a chain of n/2 damped pendulums driven by n/2 torques in [-1, 1]
-(x = (angles, velocities), explicit Euler, dt 0.05), batch 1, float32, `torch.set_num_threads(1)`:
-`runtime.ilqr.ilqr` with tol=0 (never converges early) and a fixed iteration budget; CPU time
-per iteration (process time, minimum over repeats). Plan level: `planlang.compile` of
-examples/two_link_arm.plan (single and multiple shooting), examples/pendulum.plan,
-examples/planar_quadrotor.plan and examples/cartpole_upright_long.plan, one solve each after a
-warm-up (process time / iterations), and a closed loop of the arm (`module.simulate`,
-warm-started solves).
+Chain: n/2 damped pendulums driven by n/2 torques in [-1, 1] (x = (angles, velocities),
+explicit Euler, dt 0.05), batch 1, float32, `torch.set_num_threads(1)`, written as a plan and
+solved with tol=0 and cost_tol=0 (never converges early) for a fixed iteration budget; CPU time
+per iteration (process time, minimum over repeats; the native library is compiled before the
+clock starts). Plan level: examples/two_link_arm.plan (single and multiple shooting),
+examples/pendulum.plan, examples/planar_quadrotor.plan and examples/cartpole_upright_long.plan,
+one solve each after a warm-up (process time / iterations), and a closed loop of the arm
+(`module.simulate`, warm-started solves).
 
 Run from the repository root (add --threads 0 for torch's default thread count):
 
@@ -21,45 +22,42 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from runtime.ilqr import ILQROptions, ILQRProblem, ilqr  # noqa: E402
+import planlang  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def pendulum_chain(n: int) -> ILQRProblem:
-    half = n // 2
+def pendulum_chain(n: int, T: int) -> str:
+    h = n // 2
+    return f"""plan chain
+horizon {T}
+state p[{h}] = 0.1
+state v[{h}] = 0.1
+control tau[{h}] in [-1, 1]
+dynamics p' = p + 0.05 * v
+dynamics v' = v + 0.05 * (-9.81 * sin(p) - 0.1 * v + 4 * tau)
+cost stage = 0.1 * sum(1 + cos(p)) + 0.01 * sum(tau^2)
+cost final = 100 * sum(1 + cos(p)) + sum(v^2)
+solve ilqr(tol=0, cost_tol=0)
+"""
 
-    def dynamics(x, u):
-        p, v = x[:, :half], x[:, half:]
-        return torch.cat((p + 0.05 * v, v + 0.05 * (-9.81 * torch.sin(p) - 0.1 * v + 4 * u)), 1)
 
-    def stage_cost(x, u):
-        return 0.1 * (1 + torch.cos(x[:, :half])).sum(1) + 0.01 * (u * u).sum(1)
-
-    def final_cost(x):
-        return 100 * (1 + torch.cos(x[:, :half])).sum(1) + (x[:, half:] ** 2).sum(1)
-
-    return ILQRProblem(dynamics, stage_cost, final_cost, lower=-1.0, upper=1.0)
-
-
-def per_iteration(n: int, T: int, iterations: int, repeats: int) -> float:
-    problem = pendulum_chain(n)
-    x0 = torch.full((1, n), 0.1)
-    u0 = torch.zeros(1, T, n // 2)
-    options = ILQROptions(max_iters=iterations, tol=0.0, cost_tol=0.0)
+def per_iteration(n: int, T: int, iterations: int, repeats: int, kernels: str) -> float:
+    module = planlang.compile(planlang.loads(pendulum_chain(n, T)),
+                              options={"iters": iterations, "kernels": kernels})
     best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        with torch.no_grad():
-            sol = ilqr(problem, x0, u0, options)
-        best = min(best, (time.process_time() - start) / max(1, int(sol.iterations.max())))
+    with torch.no_grad():
+        module()
+        for _ in range(repeats):
+            start = time.process_time()
+            sol = module()
+            best = min(best, (time.process_time() - start) / max(1, int(sol.iterations.max())))
     return 1e3 * best
 
 
-def plan_solve(path: str, shooting: str | None = None) -> tuple[float, int, str, float]:
+def plan_solve(path: str, shooting: str | None = None, kernels: str = "auto") -> tuple[float, int, str, float]:
     """(CPU seconds, iterations, status, cost) of one solve after a warm-up solve."""
-    import planlang
-    options = None if shooting is None else {"shooting": shooting}
+    options = {"kernels": kernels} if shooting is None else {"shooting": shooting, "kernels": kernels}
     module = planlang.compile(planlang.load(os.path.join(ROOT, path)), options=options)
     with torch.no_grad():
         module()
@@ -69,12 +67,14 @@ def plan_solve(path: str, shooting: str | None = None) -> tuple[float, int, str,
     return elapsed, int(sol.iterations.max()), sol.status_names()[0], float(sol.cost[0])
 
 
-def closed_loop(path: str, steps: int) -> float:
-    import planlang
-    module = planlang.compile(planlang.load(os.path.join(ROOT, path)))
-    start = time.perf_counter()
+def closed_loop(path: str, steps: int, kernels: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of `steps` closed-loop steps (after compiling the native library)."""
+    module = planlang.compile(planlang.load(os.path.join(ROOT, path)), options={"kernels": kernels})
+    with torch.no_grad():
+        module.simulate(1)
+    start, cpu = time.perf_counter(), time.process_time()
     module.simulate(steps)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -83,26 +83,32 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-plans", action="store_true")
+    parser.add_argument("--kernels", nargs="+", default=["torch", "native"], choices=["torch", "native"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}")
-    print("ms per iteration, pendulum chain (n states, n/2 controls), batch 1, float32")
     horizons = (60, 500, 2000)
-    print(f"{'n':>4} " + " ".join(f"{'T=' + str(T):>9}" for T in horizons))
-    for n in (2, 4, 8):
-        row = [per_iteration(n, T, args.iterations if T < 1000 else 2, args.repeats if T < 1000 else 1)
-               for T in horizons]
-        print(f"{n:>4} " + " ".join(f"{v:9.1f}" for v in row), flush=True)
+    for kernels in args.kernels:
+        print(f"ms per iteration, pendulum chain (n states, n/2 controls), batch 1, float32, kernels={kernels}")
+        print(f"{'n':>4} " + " ".join(f"{'T=' + str(T):>9}" for T in horizons))
+        for n in (2, 4, 8):
+            row = [per_iteration(n, T, args.iterations if T < 1000 else 2, args.repeats if T < 1000 else 1, kernels)
+                   for T in horizons]
+            print(f"{n:>4} " + " ".join(f"{v:9.2f}" for v in row), flush=True)
     if args.skip_plans:
         return
-    for path, shooting in (("examples/two_link_arm.plan", None), ("examples/two_link_arm.plan", "multiple"),
-                           ("examples/pendulum.plan", None), ("examples/planar_quadrotor.plan", None),
-                           ("examples/cartpole_upright_long.plan", "multiple")):
-        elapsed, iters, status, cost = plan_solve(path, shooting)
-        print(f"{path} (shooting {shooting or 'as written'}): {elapsed:.2f} s CPU, {iters} iterations, "
-              f"{1e3 * elapsed / max(1, iters):.1f} ms/iteration, status {status}, cost {cost:.4g}", flush=True)
-    print(f"two_link_arm closed loop, 30 steps: {closed_loop('examples/two_link_arm.plan', 30):.1f} s wall")
+    for kernels in args.kernels:
+        for path, shooting in (("examples/two_link_arm.plan", None), ("examples/two_link_arm.plan", "multiple"),
+                               ("examples/pendulum.plan", None), ("examples/planar_quadrotor.plan", None),
+                               ("examples/cartpole_upright_long.plan", "multiple")):
+            kernels_here = "auto" if shooting == "multiple" else kernels       # multiple shooting: torch only
+            elapsed, iters, status, cost = plan_solve(path, shooting, kernels_here)
+            print(f"{path} (shooting {shooting or 'as written'}, kernels {kernels_here}): {elapsed:.3f} s CPU, "
+                  f"{iters} iterations, {1e3 * elapsed / max(1, iters):.2f} ms/iteration, status {status}, "
+                  f"cost {cost:.4g}", flush=True)
+        wall, cpu = closed_loop("examples/two_link_arm.plan", 30, kernels)
+        print(f"two_link_arm closed loop, 30 steps, kernels {kernels}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,10 @@ def compile(plan: Plan | str | os.PathLike, dtype: torch.dtype = torch.float32, 
         problems = SOLVERS[info.solver].validate(info.options, info)
         if problems:
             raise ValueError("; ".join(problems))
-    graph = lower.run(graph).graph
+    try:
+        graph = lower.run(graph).graph
+    except PlanError as err:             # a backend that refuses the plan (e.g. kernels=native)
+        raise err.with_source(plan.source) from None
     if not allow_imports:
         _refuse_imports(graph, plan)
     try:

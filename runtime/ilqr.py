@@ -76,9 +76,9 @@ Backward (`ILQRBackward`):
   the time of IMPLICIT for forward + backward in benchmarks/ilqr.py); exact for the returned
   iterate, and at convergence it agrees with IMPLICIT. For comparison only.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -86,7 +86,7 @@ from torch.autograd.function import once_differentiable
 
 from runtime.box_lqr import box_lqr_step, costates, factor_free
 from runtime.box_qp import BoxQPOptions
-from runtime.ilqr_backward import Policy, local_model, next_mu, regularized_backward_pass
+from runtime.ilqr_backward import Policy, backward_pass, local_model, next_mu, regularized_backward_pass
 from runtime.ilqr_shooting import multiple_shooting
 from runtime.ilqr_constraints import (ConstraintOptions, Constraints, FinalConstraint,
                                       StageConstraint, derivative_costs, augmented_costs,
@@ -95,6 +95,12 @@ from runtime.ilqr_derivatives import (Dynamics, ExactDerivatives, FinalCost, Fin
                                       StageCost, StageDerivatives, TrajectoryFunctions)
 from runtime.limits import check_start_and_controls, control_limits
 from runtime.status import Status
+
+if TYPE_CHECKING:
+    from runtime.native import NativeKernels
+
+
+NativeSetup = Callable[..., "NativeKernels"]     # (x0, lo, hi, options) -> kernels of one solve
 
 
 class ILQRShooting(Enum):
@@ -137,7 +143,9 @@ class ILQRProblem:
     """Callables and control limits; see the module docstring for the shapes. The callables
     must be `torch.func`-transformable (vmap, grad) and row-wise over the batch. The optional
     constraints c(x, u) <= 0 (B, p), h(x, u) = 0 (B, q), c_T(x) <= 0 (B, p_T), h_T(x) = 0
-    (B, q_T) are handled by the augmented Lagrangian of `runtime.ilqr_constraints`."""
+    (B, q_T) are handled by the augmented Lagrangian of `runtime.ilqr_constraints`.
+    `native` (x0, lo, hi, options) -> `runtime.native.NativeKernels` runs the forward iterations
+    of a CPU, single-shooting, unconstrained, Gauss-Newton solve in C (the compiler supplies it)."""
 
     dynamics: Dynamics
     stage_cost: StageCost
@@ -149,6 +157,7 @@ class ILQRProblem:
     equality: Optional[StageConstraint] = None
     final_inequality: Optional[FinalConstraint] = None
     final_equality: Optional[FinalConstraint] = None
+    native: Optional[NativeSetup] = None
 
     @property
     def constraints(self) -> Constraints:
@@ -189,7 +198,9 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
         return _with_violation(_iterate(fns, x0, u_init, lo, hi, options, x_guess).solution)
     with torch.no_grad():
         args = (x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options, _detach(x_guess))
-        if constrained:
+        if _native_applies(problem, x0, options, constrained):
+            result, derivative_fns = _native_iterate(problem.native, *args[:-1]), fns
+        elif constrained:
             result, derivative_fns = _augmented_lagrangian(problem, fns, *args)
         else:
             result, derivative_fns = _iterate(fns, *args), fns
@@ -209,15 +220,45 @@ class _Result(NamedTuple):
     final: FinalDerivatives
 
 
+class _TorchKernels:
+    """The four steps of an iteration on torch (any device and dtype; autograd follows them if
+    it is enabled): rollout, stage models, backward pass, line search. `runtime.native` has the
+    same steps in C."""
+
+    def __init__(self, fns: TrajectoryFunctions, x0: Tensor, lo: Optional[Tensor],
+                 hi: Optional[Tensor], options: ILQROptions):
+        self.fns, self.x0, self.lo, self.hi, self.options = fns, x0, lo, hi, options
+
+    def rollout(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, u = _rollout(self.fns, self.x0, u, self.lo, self.hi)
+        return x, u, self.fns.total_cost(x, u)
+
+    def model(self, x: Tensor, u: Tensor) -> tuple[StageDerivatives, FinalDerivatives, Tensor]:
+        return local_model(self.fns, x, u, self.options.newton)
+
+    def backward(self, model: StageDerivatives, final: FinalDerivatives, u: Tensor, mu: Tensor,
+                 todo: Tensor) -> Policy:
+        return backward_pass(model, final, u, self.lo, self.hi, mu, self.options.qp)
+
+    def line_search(self, x: Tensor, u: Tensor, J: Tensor, policy: Policy, active: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _line_search(self.fns, self.x0, x, u, J, policy, self.lo, self.hi, active, self.options)
+
+
 def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],
              hi: Optional[Tensor], options: ILQROptions, x_guess: Optional[Tensor] = None) -> _Result:
     """The forward iterations of the module docstring (autograd follows if it is enabled)."""
     if options.shooting is ILQRShooting.MULTIPLE:
         return _iterate_multiple(fns, x0, u_init, lo, hi, options, x_guess)
-    B = x0.shape[0]
-    x, u = _rollout(fns, x0, u_init, lo, hi)
-    J = fns.total_cost(x, u)
-    status = torch.full((B,), int(Status.MAX_ITERS), dtype=torch.int64, device=x0.device)
+    return _single_shooting(_TorchKernels(fns, x0, lo, hi, options), u_init, options)
+
+
+def _single_shooting(kernels, u_init: Tensor, options: ILQROptions) -> _Result:
+    """Steps 1-4 of the module docstring on `kernels` (`_TorchKernels` or
+    `runtime.native.NativeKernels`)."""
+    x, u, J = kernels.rollout(u_init)
+    B = J.shape[0]
+    status = torch.full((B,), int(Status.MAX_ITERS), dtype=torch.int64, device=J.device)
     status = torch.where(torch.isfinite(J), status, int(Status.NUMERICAL))
     active = status == Status.MAX_ITERS
     iterations = torch.zeros_like(status)
@@ -225,10 +266,11 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
     mu = torch.zeros_like(J)
 
     for it in range(options.max_iters + 1):
-        model, final, finite = local_model(fns, x, u, options.newton)
+        model, final, finite = kernels.model(x, u)
         status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
         active = active & finite
-        policy, mu = regularized_backward_pass(model, final, u, lo, hi, mu, active, options)
+        policy, mu = regularized_backward_pass(
+            lambda mu, todo: kernels.backward(model, final, u, mu, todo), mu, active, options)
         res = policy.k.abs().flatten(1).amax(1)
         residual = torch.where(active, res, residual)
         converged = (policy.ok & (mu <= options.mu_min)
@@ -239,12 +281,31 @@ def _iterate(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[
         if it == options.max_iters or not bool(active.any()):
             break
 
-        x, u, J, accepted = _line_search(fns, x0, x, u, J, policy, lo, hi, active, options)
+        x, u, J, accepted = kernels.line_search(x, u, J, policy, active)
         iterations = iterations + active.to(iterations.dtype)
         mu = next_mu(mu, accepted, active, options)
 
     solution = ILQRSolution(x, u, J, status, iterations, residual)
     return _Result(solution, model, final)
+
+
+def _native_applies(problem: ILQRProblem, x0: Tensor, options: ILQROptions, constrained: bool) -> bool:
+    """The native kernels cover CPU, single-shooting, unconstrained Gauss-Newton solves."""
+    return (problem.native is not None and x0.device.type == "cpu" and not constrained
+            and options.shooting is ILQRShooting.SINGLE and not options.newton)
+
+
+def _native_iterate(native: NativeSetup, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],
+                    hi: Optional[Tensor], options: ILQROptions) -> _Result:
+    """`_single_shooting` on the native kernels (float64), with the stopping rule of x0's dtype;
+    the result in x0's dtype."""
+    eps = torch.finfo(x0.dtype).eps
+    options = replace(options, tol=eps ** 0.5 if options.tol is None else options.tol,
+                      cost_tol=eps ** 0.75 if options.cost_tol is None else options.cost_tol)
+    result = _single_shooting(native(x0, lo, hi, options), u_init.to(torch.float64), options)
+    cast = lambda t: t.to(x0.dtype) if t is not None and t.is_floating_point() else t
+    return _Result(result.solution._make(map(cast, result.solution)),
+                   result.model._make(map(cast, result.model)), result.final._make(map(cast, result.final)))
 
 
 def _iterate_multiple(fns: TrajectoryFunctions, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],

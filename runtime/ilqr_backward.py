@@ -11,7 +11,7 @@ with the defects d_t = f(x̄_t, ū_t) - x̄_{t+1} (B, T, n): zero for a rollout 
 nonzero between the nodes of multiple shooting (`runtime.ilqr_shooting`). Its solution is the
 affine policy du_t = k_t + K_t dx_t of `backward_pass`.
 """
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -33,18 +33,17 @@ class Policy(NamedTuple):
     ok: Tensor    # (B,) bool    every Q_uu (free block) positive definite
 
 
-def regularized_backward_pass(model: StageDerivatives, final: FinalDerivatives, u: Tensor,
-                               lo: Optional[Tensor], hi: Optional[Tensor], mu: Tensor,
-                              active: Tensor, options: "ILQROptions",
-                              defects: Optional[Tensor] = None) -> tuple[Policy, Tensor]:
-    """Backward pass; elements with an indefinite Q_uu raise their mu and are redone."""
-    policy = backward_pass(model, final, u, lo, hi, mu, options.qp, defects)
+def regularized_backward_pass(backward: Callable[[Tensor, Tensor], Policy], mu: Tensor,
+                              active: Tensor, options: "ILQROptions") -> tuple[Policy, Tensor]:
+    """backward(mu (B,), todo (B,) bool) -> Policy, redone with a higher mu for the active
+    elements whose Q_uu is indefinite (the rows of the others are kept)."""
+    policy = backward(mu, active)
     while True:
         retry = active & ~policy.ok & (mu < options.mu_max)
         if not bool(retry.any()):
             return policy, mu
         mu = torch.where(retry, (mu * options.mu_factor).clamp(options.mu_min, options.mu_max), mu)
-        again = backward_pass(model, final, u, lo, hi, mu, options.qp, defects)
+        again = backward(mu, retry)
         policy = Policy(*(torch.where(retry.view(-1, *[1] * (new.dim() - 1)), new, old)
                           for new, old in zip(again, policy)))
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from runtime.box_lqr import costates
-from runtime.ilqr_backward import Policy, local_model, next_mu, regularized_backward_pass
+from runtime.ilqr_backward import Policy, backward_pass, local_model, next_mu, regularized_backward_pass
 from runtime.ilqr_derivatives import FinalDerivatives, StageDerivatives, TrajectoryFunctions
 from runtime.status import Status
 
@@ -84,7 +84,8 @@ def multiple_shooting(fns: TrajectoryFunctions, x_init: Tensor, u_init: Tensor,
         model, final, finite = local_model(fns, x, u, options.newton)
         status = torch.where(active & ~finite, int(Status.NUMERICAL), status)
         active = active & finite
-        policy, mu = regularized_backward_pass(model, final, u, lo, hi, mu, active, options, defects)
+        policy, mu = regularized_backward_pass(
+            lambda mu, _: backward_pass(model, final, u, lo, hi, mu, options.qp, defects), mu, active, options)
         residual = torch.where(active, policy.k.abs().flatten(1).amax(1), residual)
         closed = defects.abs().flatten(1).amax(1) <= tol * x.abs().flatten(1).amax(1).clamp_min(1.0)
         converged = (policy.ok & (mu <= options.mu_min) & closed

@@ -7,6 +7,7 @@ optional warm start for the controls (B, T, m).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Protocol
 
 import networkx as nx
@@ -18,15 +19,18 @@ from compiler.context import PlanInfo
 from compiler.evaluate import Env, evaluate
 from compiler.integrators import INTEGRATORS
 from compiler.layout import Layout
+from compiler.lower.native import NativePlan, native_plan
 from compiler.lower.quadratic import QuadraticData, extract, sum_costs
 from compiler.lower.stages import StageValues
 from compiler.problem import Placement, TrajectoryProblem
 from compiler.solution import Solution
 from planlang.ast import Cmp
+from planlang.errors import Collector
 from runtime.ilqr import ILQRBackward, ILQROptions, ILQRProblem, ILQRShooting, ilqr
 from runtime.ilqr_constraints import ConstraintOptions
 from runtime.ilqr_derivatives import ExactDerivatives, rowwise_jacobian
 from runtime.lqr import lqr
+from runtime.native import NativeKernels, NativeUnavailable, native_library
 from runtime.qp import QPOptions, qp
 
 
@@ -278,6 +282,12 @@ class ILQRBackend(_Lowered):
 
     def __init__(self, graph: nx.DiGraph, info: PlanInfo, layout: Layout):
         super().__init__(graph, info, layout)
+        self.native, self.native_why = self._native_plan()
+        if self.native is None and info.options["kernels"] == "native":
+            errors = Collector()
+            errors.add(graph.nodes["solve"]["decl"].span, f"kernels=native cannot take this plan: {self.native_why}",
+                       "remove kernels=native (auto runs it on torch)")
+            errors.raise_if_any()
         self._constraints = {sense: [(StackedFunction((ir,), (math.prod(ir.shape),), self._slices, f"constraint_{i}"),
                                       where) for i, (ir, s, where) in enumerate(self.parts.constraints) if s is sense]
                              for sense in (Cmp.LE, Cmp.EQ)}
@@ -297,11 +307,45 @@ class ILQRBackend(_Lowered):
             self.final_costs_of(env, like)
         inequality, equality = (self._constraint(sense, dynamics, env, like) for sense in (Cmp.LE, Cmp.EQ))
         problem = ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, exact, inequality=inequality,
-                              equality=equality)
+                              equality=equality, native=self._native_setup(env, batch, like))
         x_guess = self.initial_nodes(env, batch, like)
         sol = ilqr(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm), options, x_guess)
         return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations,
                         residual=sol.residual, violation=sol.violation)
+
+    def as_text(self) -> str:
+        kernels = "native (C)" if self.native is not None else f"torch ({self.native_why})"
+        head, _, rest = super().as_text().partition("\n")
+        return f"{head}, kernels: {kernels}\n{rest}"
+
+    def _native_plan(self) -> tuple[NativePlan | None, str]:
+        """The plan's generated C model for the native kernels, or None and why not."""
+        opts = self.info.options
+        if opts["kernels"] == "torch":
+            return None, "kernels=torch"
+        for option, value, why in (("shooting", "multiple", "multiple shooting"),
+                                   ("model", "newton", "the Newton model")):
+            if opts[option] == value:
+                return None, f"{why} ({option}={value}) runs on torch"
+        if self.clocked:
+            return None, "stage values (t, time, name[t]) run on torch"
+        return native_plan(self.parts)
+
+    def _native_setup(self, env: Env, batch: int, like: torch.Tensor):
+        """(x0, lo, hi, options) -> `runtime.native.NativeKernels` for this call, or None where the
+        kernels run on torch. Without a C compiler, kernels=auto warns once and runs on torch."""
+        if self.native is None:
+            return None
+        try:
+            library = native_library(self.native.source)
+        except NativeUnavailable as why:
+            if self.info.options["kernels"] == "native":
+                raise
+            warnings.warn(f"planlang: iLQR runs on the torch kernels (slower on CPU): {why}", stacklevel=2)
+            self.native, self.native_why = None, str(why).splitlines()[0]
+            return None
+        params, horizon, m = self.native.pack(env, batch, like), self.horizon, self.layout.m
+        return lambda x0, lo, hi, options: NativeKernels(library, x0, params, lo, hi, horizon, m, options)
 
     def _constraint(self, sense: Cmp, dynamics, env: Env, like: torch.Tensor):
         """The plan's `constraint` lines of one sense as one callable (x (B, n), u (B, m)) -> (B, p),

@@ -142,7 +142,9 @@ class JointBackend:
         self.proposals, self.inference_option = o["proposals"], o["inference"]
         self.refine_steps, self.samples = o["refine"], o["samples"] or 32
         # the agents' own problem (dynamics, costs, boxes) as a trajectory plan, solved for the nominal
-        self.own = ILQRBackend(graph, replace(info, agents=None, solver="ilqr", options=_ILQR_OPTIONS), layout)
+        from compiler.solvers.ilqr import ILQR            # (compiler.solvers imports this module)
+        own_options = {**ILQR.options.defaults(), "constraint_tol": 1e-6}
+        self.own = ILQRBackend(graph, replace(info, agents=None, solver="ilqr", options=own_options), layout)
         self.nominal = nominal(graph, info) if nominal is not None else None
 
     def as_text(self) -> str:
@@ -328,7 +330,3 @@ def _summed(exprs: tuple[Expr, ...], env: dict, like: Tensor, lead: tuple[int, .
         total = total + (value.reshape((1,) * len(lead)) if value.shape[0] == 1 else value.reshape(lead))
     return total
 
-
-# each agent's own plan: solve ilqr's defaults (cost_tol None: its eps^(3/4) default)
-_ILQR_OPTIONS = {"iters": 50, "tol": 1e-6, "cost_tol": None, "backward": "implicit", "model": "gauss_newton",
-                 "constraint_tol": 1e-6, "shooting": "single"}

@@ -19,7 +19,11 @@ class ILQR(Solver):
                         "single: the states are the rollout of the controls; multiple: the states are "
                         "variables too, joined by the dynamics as constraints (runtime.ilqr_shooting)"),
         cost_tol=Option(Number(minimum=0), None, "relative predicted cost decrease that also stops a solve "
-                                                 "(default eps^(3/4); 0 switches it off)"))
+                                                 "(default eps^(3/4); 0 switches it off)"),
+        kernels=Option(Symbol(("auto", "native", "torch")), "auto",
+                       "native: the iterations run in C generated from the plan (runtime.native; CPU, "
+                       "single shooting, no constraint lines, Gauss-Newton model); auto: native where "
+                       "the plan allows it and a C compiler is found, else torch"))
     constraints = ConstraintSupport.NONLINEAR
     state_guess = True
 

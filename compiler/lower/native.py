@@ -1,0 +1,121 @@
+"""Lowering a trajectory plan to C for the native iLQR kernels (`runtime.native`).
+
+The generated code defines NX, NU, NZ, NP and, from the typed IR (`compiler.ccode`):
+    field_*   the plan's dynamics right-hand side (or its discrete map),
+    step_*    one step of the plan's integrator around it (runtime/native_ilqr.c calls step_v
+              for rollouts and step_d1 for the Jacobian [phi_x phi_u]),
+    stage_*   the summed stage costs, final_* the summed final costs (v: value, d2: gradient
+              and Hessian),
+each a straight-line function of x, u and the parameter vector p (one row per batch element,
+`NativePlan.params` packs it from the bound values).
+
+`native_plan` returns None with the reason when the plan is outside what the kernels cover.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compiler.ccode import CBody, NotNative, instantiate
+from compiler.ir import VarRef
+from compiler.problem import TrajectoryProblem
+
+_NUMBERS = {"v": ("V", "v_"), "d1": ("D1", "d1_"), "d2": ("D2", "d2_")}
+
+
+@dataclass(frozen=True)
+class NativePlan:
+    """A plan's generated C model and the layout of its parameter vector."""
+
+    source: str
+    params: tuple[tuple[VarRef, int], ...]
+
+    def pack(self, env: dict, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """p (B, NP) float64: the bound values of the parameters, flattened and side by side."""
+        if not self.params:
+            return torch.zeros(batch, 0, dtype=torch.float64)
+        parts = []
+        for ref, size in self.params:
+            value = torch.as_tensor(env[ref], dtype=torch.float64).detach().cpu()
+            value = value.reshape(value.shape[0] if value.dim() else 1, -1)
+            parts.append(value.expand(batch, size))
+        return torch.cat(parts, 1).contiguous()
+
+
+def native_plan(parts: TrajectoryProblem) -> tuple[NativePlan | None, str]:
+    """(the generated model, "") or (None, why the plan has no native kernels)."""
+    layout = parts.layout
+    n, m = layout.n, layout.m
+    if parts.constraints:
+        return None, "constraint lines (the augmented Lagrangian runs on torch)"
+    if m > 3 and any(v.lower is not None or v.upper is not None for v in layout.controls):
+        return None, "more than 3 limited controls (the native box QP enumerates faces)"
+    decision, offsets = {}, layout.offsets()
+    for var in layout.states + layout.controls:
+        s = offsets[var.ref]
+        decision[var.ref] = ("x", s.start) if s.start < n else ("u", s.start - n)
+    states = {ref: place for ref, place in decision.items() if place[0] == "x"}
+    params: list = []
+    try:
+        field = CBody(tuple(parts.transition.exprs[v.ref] for v in layout.states), decision, params)
+        stage = CBody(tuple(parts.stage_costs), decision, params)
+        final = CBody(tuple(parts.final_costs), states, params)
+        step = _integrator(parts.transition.integrator)
+    except NotNative as why:
+        return None, str(why)
+    size = sum(s for _, s in params)
+    head = f"#define NX {n}\n#define NU {m}\n#define NZ {n + m}\n#define NP {size}\n/* model */\n"
+    template = "\n".join([
+        _function("static void field_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *out)",
+                  field, [f"out[{i}] = {r};" for i, r in enumerate(_flat(field))]),
+        step,
+        _function("static NUM stage_SUFFIX(const NUM *x, const NUM *u, const double *p)",
+                  stage, [f"return {_sum(_flat(stage))};"]),
+        _function("static NUM final_SUFFIX(const NUM *x, const double *p)",
+                  final, [f"return {_sum(_flat(final))};"]),
+    ])
+    body = "\n".join(instantiate(template, *_NUMBERS[suffix]).replace("SUFFIX", suffix)
+                     for suffix in ("v", "d1", "d2"))
+    return NativePlan(head + body, tuple(params)), ""
+
+
+def _function(signature: str, body: CBody, tail: list[str]) -> str:
+    return "\n".join([signature + " {", *("    " + line for line in body.lines + tail), "}"])
+
+
+def _flat(body: CBody) -> list[str]:
+    return [name for result in body.results for name in result]
+
+
+def _sum(names: list[str]) -> str:
+    if not names:
+        return "OP_c(0.0)"
+    out = names[0]
+    for name in names[1:]:
+        out = f"OP_add({out}, {name})"
+    return out
+
+
+def _integrator(integrator: tuple[str, float] | None) -> str:
+    """step_SUFFIX: x' = x + dt f (euler), the classical rk4 step (as `compiler.integrators`), or
+    the discrete map itself."""
+    head = "static void step_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *xn) {"
+    if integrator is None:
+        return f"{head}\n    field_SUFFIX(x, u, p, xn);\n}}"
+    name, dt = integrator
+    axpy = "for (int i = 0; i < NX; i++) {dst}[i] = OP_add({x}[i], OP_mul(OP_c({a!r}), {k}[i]));"
+    if name == "euler":
+        lines = ["NUM k1[NX];", "field_SUFFIX(x, u, p, k1);", axpy.format(dst="xn", x="x", a=dt, k="k1")]
+    elif name == "rk4":
+        lines = ["NUM k1[NX], k2[NX], k3[NX], k4[NX], s[NX];", "field_SUFFIX(x, u, p, k1);",
+                 axpy.format(dst="s", x="x", a=dt / 2, k="k1"), "field_SUFFIX(s, u, p, k2);",
+                 axpy.format(dst="s", x="x", a=dt / 2, k="k2"), "field_SUFFIX(s, u, p, k3);",
+                 axpy.format(dst="s", x="x", a=dt, k="k3"), "field_SUFFIX(s, u, p, k4);",
+                 axpy.format(dst="xn", x="x", a=dt / 6, k="k1"),
+                 axpy.format(dst="xn", x="xn", a=dt / 3, k="k2"),
+                 axpy.format(dst="xn", x="xn", a=dt / 3, k="k3"),
+                 axpy.format(dst="xn", x="xn", a=dt / 6, k="k4")]
+    else:
+        raise NotNative(f"no C integrator {name!r}")
+    return "\n".join([head, *("    " + line for line in lines), "}"])
