@@ -40,11 +40,14 @@ class CBody:
 
     decision: VarRef -> (array name "x" | "u", offset) of the decision variables;
     everything else an expression reads (params, inputs, learnables) becomes a slot of `p`,
-    listed in `params` in slot order as (VarRef, size)."""
+    listed in `params` in slot order as (VarRef, size). A stage value (`t`, `name[t]`) is read
+    from its whole table (rows[ref] rows) in `p` at the row of the clock, the C value `clock`
+    (see `compiler.lower.stages`)."""
 
     def __init__(self, exprs: tuple[Expr, ...], decision: dict[VarRef, tuple[str, int]],
-                 params: list[tuple[VarRef, int]] | None = None):
-        self._decision = decision
+                 params: list[tuple[VarRef, int]] | None = None, clock: str | None = None,
+                 rows: dict[VarRef, int] | None = None):
+        self._decision, self._clock, self._rows = decision, clock, rows or {}
         self.params: list[tuple[VarRef, int]] = [] if params is None else params
         self._lines: list[str] = []
         self._memo: dict[str, str] = {}
@@ -83,22 +86,27 @@ class CBody:
 
     def _variable(self, e: Expr) -> np.ndarray:
         ref = e.attr
-        if ref.kind is STAGE:
-            raise NotNative("stage values (t, time, name[t]) are not generated in C yet")
         if ref in self._decision:
             vec, start = self._decision[ref]
             size = math.prod(e.shape)
             return _array([f"{vec}[{start + i}]" for i in range(size)], e.shape)
         if ref.is_decision:
             raise NotNative(f"{ref.name} is not an argument here (a control in a final cost)")
+        size = math.prod(e.shape)
+        rows = self._rows.get(ref, 1) if ref.kind is STAGE else 1
+        if ref.kind is STAGE and (self._clock is None or ref not in self._rows):
+            raise NotNative(f"stage value {ref.name} outside a clocked stage expression")
         offset = 0
-        for known, size in self.params:
+        for known, slot in self.params:
             if known == ref:
                 break
-            offset += size
+            offset += slot
         else:
-            self.params.append((ref, math.prod(e.shape)))
-        return _array([f"OP_c(p[{offset + i}])" for i in range(math.prod(e.shape))], e.shape)
+            self.params.append((ref, rows * size))
+        if ref.kind is not STAGE:
+            return _array([f"OP_c(p[{offset + i}])" for i in range(size)], e.shape)
+        row = self._offset(f"{offset} + pl_row(OP_val({self._clock}), {rows}) * {size}")
+        return _array([f"OP_c(p[{row} + {i}])" for i in range(size)], e.shape)
 
     def _power(self, e: Expr, args: list[np.ndarray]) -> np.ndarray:
         exponent = e.args[1]
@@ -189,6 +197,14 @@ class CBody:
         shape = arrays[0].shape
         flat = [a.reshape(-1) for a in arrays]
         return _array([self._value(fmt(*items)) for items in zip(*flat)], shape)
+
+    def _offset(self, code: str) -> str:
+        """An integer temporary (an offset into p) holding `code`."""
+        name = self._memo.get(code)
+        if name is None:
+            name = self._memo[code] = f"i{len(self._lines)}"
+            self._lines.append(f"long {name} = {code};")
+        return name
 
     def _value(self, code: str) -> str:
         """A temporary holding `code`, emitted once per distinct code."""

@@ -22,6 +22,12 @@ static inline double wrap_(double a) {
 static inline double mod_(double a, double b) { return a - b * floor(a / b); }
 static inline double sign_(double a) { return (a > 0) - (a < 0); }
 
+/* the row of a stage table of `rows` rows at the clock (an integer-valued state) */
+static inline long pl_row(double clock, long rows) {
+    long r = lround(clock);
+    return r < 0 ? 0 : (r >= rows ? rows - 1 : r);
+}
+
 /* g(a), g'(a), g''(a) of every unary builtin */
 #define UNARY_RULES(X) \
     X(sin, sin(a), cos(a), -sin(a)) \
@@ -40,6 +46,7 @@ static inline double sign_(double a) { return (a > 0) - (a < 0); }
 
 /* ------------------------------------------------------------------ double */
 static inline V v_c(double a) { return a; }
+static inline double v_val(V a) { return a; }
 static inline V v_add(V a, V b) { return a + b; }
 static inline V v_sub(V a, V b) { return a - b; }
 static inline V v_mul(V a, V b) { return a * b; }
@@ -55,6 +62,7 @@ UNARY_RULES(V_UNARY)
 
 /* ------------------------------------------------------------------ first order */
 static inline D1 d1_c(double a) { D1 r; r.v = a; memset(r.d, 0, sizeof r.d); return r; }
+static inline double d1_val(D1 a) { return a.v; }
 /* r = value v with gradient ca da + cb db */
 static inline D1 d1_lin(double v, double ca, const D1 *a, double cb, const D1 *b) {
     D1 r; r.v = v;
@@ -81,6 +89,7 @@ UNARY_RULES(D1_UNARY)
 
 /* ------------------------------------------------------------------ second order */
 static inline D2 d2_c(double a) { D2 r; memset(&r, 0, sizeof r); r.v = a; return r; }
+static inline double d2_val(D2 a) { return a.v; }
 /* g(a, b) with partials ga, gb and second partials gaa, gab, gbb */
 static inline D2 d2_binary(const D2 *a, const D2 *b, double f, double ga, double gb,
                            double gaa, double gab, double gbb) {

@@ -327,9 +327,7 @@ class ILQRBackend(_Lowered):
                                    ("model", "newton", "the Newton model")):
             if opts[option] == value:
                 return None, f"{why} ({option}={value}) runs on torch"
-        if self.clocked:
-            return None, "stage values (t, time, name[t]) run on torch"
-        return native_plan(self.parts)
+        return native_plan(self.parts, self.stage_values)
 
     def _native_setup(self, env: Env, batch: int, like: torch.Tensor):
         """(x0, lo, hi, options) -> `runtime.native.NativeKernels` for this call, or None where the

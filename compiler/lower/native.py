@@ -1,6 +1,6 @@
 """Lowering a trajectory plan to C for the native iLQR kernels (`runtime.native`).
 
-The generated code defines NX, NU, NZ, NP and, from the typed IR (`compiler.ccode`):
+The generated code defines NS (states), NX (states and a clock, if any), NU, NZ, NP and, from the typed IR (`compiler.ccode`):
     field_*   the plan's dynamics right-hand side (or its discrete map),
     step_*    one step of the plan's integrator around it (runtime/native_ilqr.c calls step_v
               for rollouts and step_d1 for the Jacobian [phi_x phi_u]),
@@ -19,6 +19,7 @@ import torch
 
 from compiler.ccode import CBody, NotNative, instantiate
 from compiler.ir import VarRef
+from compiler.lower.stages import StageValues
 from compiler.problem import TrajectoryProblem
 
 _NUMBERS = {"v": ("V", "v_"), "d1": ("D1", "d1_"), "d2": ("D2", "d2_")}
@@ -43,10 +44,16 @@ class NativePlan:
         return torch.cat(parts, 1).contiguous()
 
 
-def native_plan(parts: TrajectoryProblem) -> tuple[NativePlan | None, str]:
-    """(the generated model, "") or (None, why the plan has no native kernels)."""
+def native_plan(parts: TrajectoryProblem, stage_values: StageValues | None = None
+                ) -> tuple[NativePlan | None, str]:
+    """(the generated model, "") or (None, why the plan has no native kernels). A plan with
+    stage values carries the clock as state NS (after its NS states, as the torch lowering):
+    x' = x + 1, and the values are read from their tables at its row."""
     layout = parts.layout
     n, m = layout.n, layout.m
+    clocked = bool(stage_values)
+    clock = f"x[{n}]" if clocked else None
+    rows = {ref: stage_values.rows(ref) for ref in stage_values.refs} if clocked else {}
     if parts.constraints:
         return None, "constraint lines (the augmented Lagrangian runs on torch)"
     if m > 3 and any(v.lower is not None or v.upper is not None for v in layout.controls):
@@ -58,14 +65,15 @@ def native_plan(parts: TrajectoryProblem) -> tuple[NativePlan | None, str]:
     states = {ref: place for ref, place in decision.items() if place[0] == "x"}
     params: list = []
     try:
-        field = CBody(tuple(parts.transition.exprs[v.ref] for v in layout.states), decision, params)
-        stage = CBody(tuple(parts.stage_costs), decision, params)
-        final = CBody(tuple(parts.final_costs), states, params)
-        step = _integrator(parts.transition.integrator)
+        field = CBody(tuple(parts.transition.exprs[v.ref] for v in layout.states), decision, params, clock, rows)
+        stage = CBody(tuple(parts.stage_costs), decision, params, clock, rows)
+        final = CBody(tuple(parts.final_costs), states, params, clock, rows)
+        step = _integrator(parts.transition.integrator, clocked)
     except NotNative as why:
         return None, str(why)
     size = sum(s for _, s in params)
-    head = f"#define NX {n}\n#define NU {m}\n#define NZ {n + m}\n#define NP {size}\n/* model */\n"
+    nx = n + clocked
+    head = f"#define NS {n}\n#define NX {nx}\n#define NU {m}\n#define NZ {nx + m}\n#define NP {size}\n/* model */\n"
     template = "\n".join([
         _function("static void field_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *out)",
                   field, [f"out[{i}] = {r};" for i, r in enumerate(_flat(field))]),
@@ -97,18 +105,22 @@ def _sum(names: list[str]) -> str:
     return out
 
 
-def _integrator(integrator: tuple[str, float] | None) -> str:
+def _integrator(integrator: tuple[str, float] | None, clocked: bool) -> str:
     """step_SUFFIX: x' = x + dt f (euler), the classical rk4 step (as `compiler.integrators`), or
-    the discrete map itself."""
+    the discrete map itself, on the NS states; a clock (state NS) advances by one and stays
+    fixed within the step."""
     head = "static void step_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *xn) {"
+    tick = ["xn[NS] = OP_add(x[NS], OP_c(1.0));"] if clocked else []
+    hold = ["s[NS] = x[NS];"] if clocked else []
+    axpy = "for (int i = 0; i < NS; i++) {dst}[i] = OP_add({x}[i], OP_mul(OP_c({a!r}), {k}[i]));"
     if integrator is None:
-        return f"{head}\n    field_SUFFIX(x, u, p, xn);\n}}"
-    name, dt = integrator
-    axpy = "for (int i = 0; i < NX; i++) {dst}[i] = OP_add({x}[i], OP_mul(OP_c({a!r}), {k}[i]));"
-    if name == "euler":
-        lines = ["NUM k1[NX];", "field_SUFFIX(x, u, p, k1);", axpy.format(dst="xn", x="x", a=dt, k="k1")]
-    elif name == "rk4":
-        lines = ["NUM k1[NX], k2[NX], k3[NX], k4[NX], s[NX];", "field_SUFFIX(x, u, p, k1);",
+        lines = ["field_SUFFIX(x, u, p, xn);"]
+    elif integrator[0] == "euler":
+        dt = integrator[1]
+        lines = ["NUM k1[NS];", "field_SUFFIX(x, u, p, k1);", axpy.format(dst="xn", x="x", a=dt, k="k1")]
+    elif integrator[0] == "rk4":
+        dt = integrator[1]
+        lines = ["NUM k1[NS], k2[NS], k3[NS], k4[NS], s[NX];", *hold, "field_SUFFIX(x, u, p, k1);",
                  axpy.format(dst="s", x="x", a=dt / 2, k="k1"), "field_SUFFIX(s, u, p, k2);",
                  axpy.format(dst="s", x="x", a=dt / 2, k="k2"), "field_SUFFIX(s, u, p, k3);",
                  axpy.format(dst="s", x="x", a=dt, k="k3"), "field_SUFFIX(s, u, p, k4);",
@@ -117,5 +129,5 @@ def _integrator(integrator: tuple[str, float] | None) -> str:
                  axpy.format(dst="xn", x="xn", a=dt / 3, k="k3"),
                  axpy.format(dst="xn", x="xn", a=dt / 6, k="k4")]
     else:
-        raise NotNative(f"no C integrator {name!r}")
-    return "\n".join([head, *("    " + line for line in lines), "}"])
+        raise NotNative(f"no C integrator {integrator[0]!r}")
+    return "\n".join([head, *("    " + line for line in lines + tick), "}"])

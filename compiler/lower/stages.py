@@ -43,6 +43,10 @@ class StageValues:
     def __bool__(self) -> bool:
         return bool(self.refs)
 
+    def rows(self, ref: VarRef) -> int:
+        """The number of rows of a stage value's table: T+1 for t, the declared T or T+1 else."""
+        return self.horizon + 1 if ref.name == STAGE_INDEX else self.info.variables[ref.name].shape[0]
+
     def table(self, ref: VarRef, env: Env, like: torch.Tensor) -> torch.Tensor:
         """The whole table of a stage value: (b, rows, *row shape); t is (1, T+1)."""
         if ref.name == STAGE_INDEX:

@@ -102,6 +102,33 @@ def test_every_builtin_plan_solves_alike():
     torch.testing.assert_close(b.u, a.u, rtol=1e-7, atol=1e-8)
 
 
+STAGE_VALUES = """plan swing
+const dt = 0.05
+horizon 12
+state th = 0.3
+state om = 0
+control u in [-4, 4]
+input ref[T+1] = zeros(T+1)
+dynamics th' = th + dt * om
+dynamics om' = om + dt * (u - 9.8 * sin(th) + 0.1 * ref[t] + 0.01 * time)
+cost stage = (th - ref[t])^2 + 0.1 * om^2 + 0.01 * u^2
+cost final = 10 * (th - ref[T])^2
+solve ilqr(iters=5)
+"""
+
+
+def test_stage_values_read_their_rows():
+    """ref[t], t and time come from their tables at the clock's row, per batch element."""
+    ref = 0.5 * torch.sin(torch.arange(13, dtype=torch.float64) * 0.3)
+    refs = torch.stack([ref, -ref, 2 * ref])
+    with torch.no_grad():
+        a, b = (_module(STAGE_VALUES, k)(ref=refs) for k in ("torch", "native"))
+    assert "kernels: native (C)" in _module(STAGE_VALUES, "auto").backend.as_text()
+    assert torch.equal(a.iterations, b.iterations) and len(set(b.cost.tolist())) == 3
+    torch.testing.assert_close(b.u, a.u, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b.x, a.x, rtol=1e-10, atol=1e-12)
+
+
 def test_batch_of_parameters():
     """Per-element inputs (targets) and params reach each element's row of p."""
     targets = torch.tensor([[-0.6, 1.2], [0.5, 1.5], [1.2, -0.4]], dtype=torch.float64)
