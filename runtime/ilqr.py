@@ -100,7 +100,7 @@ if TYPE_CHECKING:
     from runtime.native import NativeKernels
 
 
-NativeSetup = Callable[..., "NativeKernels"]     # (x0, lo, hi, options) -> kernels of one solve
+NativeSetup = Callable[..., "NativeKernels"]     # (x0, lo, hi, options, stage_data) -> kernels
 
 
 class ILQRShooting(Enum):
@@ -144,8 +144,9 @@ class ILQRProblem:
     must be `torch.func`-transformable (vmap, grad) and row-wise over the batch. The optional
     constraints c(x, u) <= 0 (B, p), h(x, u) = 0 (B, q), c_T(x) <= 0 (B, p_T), h_T(x) = 0
     (B, q_T) are handled by the augmented Lagrangian of `runtime.ilqr_constraints`.
-    `native` (x0, lo, hi, options) -> `runtime.native.NativeKernels` runs the forward iterations
-    of a CPU, single-shooting, unconstrained, Gauss-Newton solve in C (the compiler supplies it)."""
+    `native` (x0, lo, hi, options, stage_data) -> `runtime.native.NativeKernels` runs the forward
+    iterations of a CPU, single-shooting, Gauss-Newton solve (and the inner solves of the
+    augmented Lagrangian) in C; the compiler supplies it with the constraints generated too."""
 
     dynamics: Dynamics
     stage_cost: StageCost
@@ -198,7 +199,7 @@ def ilqr(problem: ILQRProblem, x0: Tensor, u_init: Tensor,
         return _with_violation(_iterate(fns, x0, u_init, lo, hi, options, x_guess).solution)
     with torch.no_grad():
         args = (x0.detach(), u_init.detach(), _detach(lo), _detach(hi), options, _detach(x_guess))
-        if _native_applies(problem, x0, options, constrained):
+        if _native_applies(problem, x0, options) and not constrained:
             result, derivative_fns = _native_iterate(problem.native, *args[:-1]), fns
         elif constrained:
             result, derivative_fns = _augmented_lagrangian(problem, fns, *args)
@@ -289,20 +290,22 @@ def _single_shooting(kernels, u_init: Tensor, options: ILQROptions) -> _Result:
     return _Result(solution, model, final)
 
 
-def _native_applies(problem: ILQRProblem, x0: Tensor, options: ILQROptions, constrained: bool) -> bool:
-    """The native kernels cover CPU, single-shooting, unconstrained Gauss-Newton solves."""
-    return (problem.native is not None and x0.device.type == "cpu" and not constrained
+def _native_applies(problem: ILQRProblem, x0: Tensor, options: ILQROptions) -> bool:
+    """The native kernels cover CPU, single-shooting, Gauss-Newton solves."""
+    return (problem.native is not None and x0.device.type == "cpu"
             and options.shooting is ILQRShooting.SINGLE and not options.newton)
 
 
 def _native_iterate(native: NativeSetup, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],
-                    hi: Optional[Tensor], options: ILQROptions) -> _Result:
+                    hi: Optional[Tensor], options: ILQROptions, stage_data: Optional[Tensor] = None
+                    ) -> _Result:
     """`_single_shooting` on the native kernels (float64), with the stopping rule of x0's dtype;
-    the result in x0's dtype."""
+    the result in x0's dtype. stage_data: the augmented Lagrangian's [lam, nu, rho] per stage."""
     eps = torch.finfo(x0.dtype).eps
     options = replace(options, tol=eps ** 0.5 if options.tol is None else options.tol,
                       cost_tol=eps ** 0.75 if options.cost_tol is None else options.cost_tol)
-    result = _single_shooting(native(x0, lo, hi, options), u_init.to(torch.float64), options)
+    kernels = native(x0, lo, hi, options, stage_data)
+    result = _single_shooting(kernels, u_init.to(torch.float64), options)
     cast = lambda t: t.to(x0.dtype) if t is not None and t.is_floating_point() else t
     return _Result(result.solution._make(map(cast, result.solution)),
                    result.model._make(map(cast, result.model)), result.final._make(map(cast, result.final)))
@@ -352,8 +355,11 @@ def _augmented_lagrangian(problem: ILQRProblem, fns: TrajectoryFunctions, x0: Te
     iterations = torch.zeros(B, dtype=torch.int64, device=x0.device)
     for _ in range(copts.max_outer):
         stage, final, w = augmented_costs(problem.stage_cost, problem.final_cost, constraints, mult)
-        result = _iterate(TrajectoryFunctions(problem.dynamics, stage, final, exact, w),
-                          x0, u, lo, hi, options, x_guess)
+        if _native_applies(problem, x0, options):
+            result = _native_iterate(problem.native, x0, u, lo, hi, options, w)
+        else:
+            result = _iterate(TrajectoryFunctions(problem.dynamics, stage, final, exact, w),
+                              x0, u, lo, hi, options, x_guess)
         x_guess = None
         sol = result.solution
         u = sol.u

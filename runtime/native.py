@@ -90,9 +90,9 @@ def native_library(model_source: str) -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     L, P, D = ctypes.c_long, ctypes.c_void_p, ctypes.c_double
-    lib.pl_rollout.argtypes = [L, L] + [P] * 8
-    lib.pl_line_search.argtypes = [L, L] + [P] * 10 + [P, L, D, D, D] + [P] * 4
-    lib.pl_model.argtypes = [L, L] + [P] * 8
+    lib.pl_rollout.argtypes = [L, L] + [P] * 9
+    lib.pl_line_search.argtypes = [L, L] + [P] * 11 + [P, L, D, D, D] + [P] * 4
+    lib.pl_model.argtypes = [L, L] + [P] * 9
     lib.pl_backward.argtypes = [L, L] + [P] * 15
     for fn in (lib.pl_rollout, lib.pl_line_search, lib.pl_model, lib.pl_backward):
         fn.restype = None
@@ -115,11 +115,14 @@ def _f64(t: Optional[Tensor], shape: Optional[tuple] = None) -> Optional[Tensor]
 
 class NativeKernels:
     """The four steps of an iLQR iteration (see `runtime.ilqr._TorchKernels`) on the compiled
-    library, for one batch: x0 (B, n), per-element parameters p (B, P), limits (B, T, m) or None.
+    library, for one batch: x0 (B, n), per-element parameters p (B, P), limits (B, T, m) or None,
+    and for an inner solve of the augmented Lagrangian the stage multipliers and penalty
+    stage_data = [lam, nu, rho] (B, T, NC + NE + 1) (`runtime.ilqr_constraints.augmented_costs`).
     Every tensor in and out is float64 on the CPU."""
 
     def __init__(self, lib: ctypes.CDLL, x0: Tensor, params: Tensor, lo: Optional[Tensor],
-                 hi: Optional[Tensor], horizon: int, m: int, options: "ILQROptions"):
+                 hi: Optional[Tensor], horizon: int, m: int, options: "ILQROptions",
+                 stage_data: Optional[Tensor] = None):
         B, self.n = x0.shape
         self.lib, self.B, self.T, self.m, self.options = lib, B, horizon, m, options
         self.x0 = _f64(x0)
@@ -127,6 +130,7 @@ class NativeKernels:
         self.p = _f64(params, (B, params.shape[-1])) if params.shape[-1] else torch.zeros(B, 1, dtype=torch.float64)
         self.lo = _f64(lo, (B, horizon, m))
         self.hi = _f64(hi, (B, horizon, m))
+        self.w = _f64(stage_data, (B, horizon, stage_data.shape[-1])) if stage_data is not None else None
 
     def _new(self, *shape: int) -> Tensor:
         return torch.empty(*shape, dtype=torch.float64)
@@ -137,7 +141,7 @@ class NativeKernels:
         u_in = _f64(u)
         x, u_out, J = self._new(B, T + 1, self.n), self._new(B, T, self.m), self._new(B)
         self.lib.pl_rollout(B, T, _ptr(self.x0), _ptr(u_in), _ptr(self.lo), _ptr(self.hi),
-                            _ptr(self.p), _ptr(x), _ptr(u_out), _ptr(J))
+                            _ptr(self.p), _ptr(self.w), _ptr(x), _ptr(u_out), _ptr(J))
         return x, u_out, J
 
     def model(self, x: Tensor, u: Tensor) -> tuple[StageDerivatives, FinalDerivatives, Tensor]:
@@ -145,7 +149,7 @@ class NativeKernels:
         B, T, n, N = self.B, self.T, self.n, self.n + self.m
         F, g, C = self._new(B, T, n, N), self._new(B, T, N), self._new(B, T, N, N)
         gT, CT = self._new(B, n), self._new(B, n, n)
-        self.lib.pl_model(B, T, _ptr(x), _ptr(u), _ptr(self.p), _ptr(F), _ptr(g), _ptr(C),
+        self.lib.pl_model(B, T, _ptr(x), _ptr(u), _ptr(self.p), _ptr(self.w), _ptr(F), _ptr(g), _ptr(C),
                           _ptr(gT), _ptr(CT))
         parts = (F, g, C, gT, CT)
         finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in parts]).all(0)
@@ -176,7 +180,7 @@ class NativeKernels:
         self.lib.pl_line_search(B, T, _ptr(x), _ptr(u), _ptr(J), _ptr(policy.K.contiguous()),
                                 _ptr(policy.k.contiguous()), _ptr(policy.dV1.contiguous()),
                                 _ptr(policy.dV2.contiguous()), _ptr(self.lo), _ptr(self.hi),
-                                _ptr(self.p), _ptr(act), o.line_search_steps, o.step_decay, o.armijo,
+                                _ptr(self.p), _ptr(self.w), _ptr(act), o.line_search_steps, o.step_decay, o.armijo,
                                 torch.finfo(torch.float64).eps, _ptr(x_new), _ptr(u_new),
                                 _ptr(J_new), _ptr(accepted))
         return x_new, u_new, J_new, accepted.bool()

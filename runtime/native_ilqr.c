@@ -1,16 +1,20 @@
 /* Native kernels of control-limited iLQR (runtime/native.py binds them; runtime/ilqr.py is the
  * reference whose steps they implement, element by element, in double precision).
  *
- * Compiled after the plan's generated code, which defines NX, NU, NZ = NX + NU, NP and
- *   step_v / step_d1     x' = phi(x, u; p)                  (values / with the Jacobian)
- *   stage_v / stage_d2   l(x, u; p)                          (value / with gradient and Hessian)
- *   final_v / final_d2   l_T(x; p)
+ * Compiled after the plan's generated code, which defines NX, NU, NZ = NX + NU, NP, NC, NE and
+ *   step_v / step_d1           x' = phi(x, u; p)              (values / with the Jacobian)
+ *   stage_aug_v / stage_aug_d2 l(x, u; p) + the augmented-Lagrangian terms of the NC inequality
+ *                              and NE equality rows with the stage's multipliers w (none for
+ *                              w = NULL)                      (value / with gradient and Hessian)
+ *   final_v / final_d2         l_T(x; p)
  * Arrays are row-major and batch-first: x (B, T+1, NX), u (B, T, NU), p (B, NP),
+ * w (B, T, NW) or NULL,
  * F (B, T, NX, NZ), g (B, T, NZ), C (B, T, NZ, NZ), gT (B, NX), CT (B, NX, NX),
  * K (B, T, NU, NX), k (B, T, NU); lo, hi (B, T, NU) or NULL (no control limits). */
 #include <stdint.h>
 
 #define PSTRIDE (NP > 0 ? NP : 1)
+#define NW (NC + NE + 1)
 
 /* ------------------------------------------------------------------ rollouts and costs */
 
@@ -18,7 +22,7 @@
  * may be NULL); returns J = sum_t l(x_t, u_t) + l_T(x_T). */
 static double rollout_one(long T, const double *x0, const double *uff, const double *k, double alpha,
                           const double *K, const double *xn, const double *lo, const double *hi,
-                          const double *p, double *x, double *u) {
+                          const double *p, const double *w, double *x, double *u) {
     double J = 0.0;
     memcpy(x, x0, NX * sizeof(double));
     for (long t = 0; t < T; t++) {
@@ -35,18 +39,19 @@ static double rollout_one(long T, const double *x0, const double *uff, const dou
             }
             ut[i] = v;
         }
-        J += stage_v(xt, ut, p);
+        J += stage_aug_v(xt, ut, p, w ? w + t * NW : NULL);
         step_v(xt, ut, p, x + (t + 1) * NX);
     }
     return J + final_v(x + T * NX, p);
 }
 
 void pl_rollout(long B, long T, const double *x0, const double *uff, const double *lo,
-                const double *hi, const double *p, double *x, double *u, double *J) {
+                const double *hi, const double *p, const double *w, double *x, double *u, double *J) {
     for (long b = 0; b < B; b++) {
         long o = b * T * NU;
         J[b] = rollout_one(T, x0 + b * NX, uff + o, NULL, 0.0, NULL, NULL, lo ? lo + o : NULL,
-                           hi ? hi + o : NULL, p + b * PSTRIDE, x + b * (T + 1) * NX, u + o);
+                           hi ? hi + o : NULL, p + b * PSTRIDE, w ? w + b * T * NW : NULL,
+                           x + b * (T + 1) * NX, u + o);
     }
 }
 
@@ -54,7 +59,8 @@ void pl_rollout(long B, long T, const double *x0, const double *uff, const doubl
  * alpha = decay^j with J - J(alpha) >= armijo * -(alpha dV1 + alpha^2 dV2) - slack. */
 void pl_line_search(long B, long T, const double *x, const double *u, const double *J,
                     const double *K, const double *k, const double *dV1, const double *dV2,
-                    const double *lo, const double *hi, const double *p, const uint8_t *active,
+                    const double *lo, const double *hi, const double *p, const double *w,
+                    const uint8_t *active,
                     long steps, double decay, double armijo, double eps,
                     double *x_new, double *u_new, double *J_new, uint8_t *accepted) {
     for (long b = 0; b < B; b++) {
@@ -68,7 +74,7 @@ void pl_line_search(long B, long T, const double *x, const double *u, const doub
         for (long j = 0; j < steps; j++, alpha *= decay) {
             double Jt = rollout_one(T, x + ox, u + ou, k + ou, alpha, K + ou * NX, x + ox,
                                     lo ? lo + ou : NULL, hi ? hi + ou : NULL, p + b * PSTRIDE,
-                                    x_new + ox, u_new + ou);
+                                    w ? w + b * T * NW : NULL, x_new + ox, u_new + ou);
             double predicted = -(alpha * dV1[b] + alpha * alpha * dV2[b]);
             if (J[b] - Jt >= armijo * predicted - slack) {
                 J_new[b] = Jt;
@@ -86,7 +92,7 @@ void pl_line_search(long B, long T, const double *x, const double *u, const doub
 /* ------------------------------------------------------------------ derivatives */
 
 /* Step 1: F = [phi_x phi_u], g, C = grad, hess l at every stage; gT, CT of l_T. */
-void pl_model(long B, long T, const double *x, const double *u, const double *p,
+void pl_model(long B, long T, const double *x, const double *u, const double *p, const double *w,
               double *F, double *g, double *C, double *gT, double *CT) {
     D1 xd[NX], ud[NU], xn[NX];
     D2 xh[NX], uh[NU];
@@ -99,7 +105,7 @@ void pl_model(long B, long T, const double *x, const double *u, const double *p,
             for (int i = 0; i < NU; i++) { ud[i] = d1_c(ut[i]); ud[i].d[NX + i] = 1.0; uh[i] = d2_c(ut[i]); uh[i].d[NX + i] = 1.0; }
             step_d1(xd, ud, pb, xn);
             for (int i = 0; i < NX; i++) memcpy(F + (s * NX + i) * NZ, xn[i].d, NZ * sizeof(double));
-            D2 l = stage_d2(xh, uh, pb);
+            D2 l = stage_aug_d2(xh, uh, pb, w ? w + s * NW : NULL);
             memcpy(g + s * NZ, l.d, NZ * sizeof(double));
             memcpy(C + s * NZ * NZ, l.h, NZ * NZ * sizeof(double));
         }

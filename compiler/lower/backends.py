@@ -330,8 +330,9 @@ class ILQRBackend(_Lowered):
         return native_plan(self.parts, self.stage_values)
 
     def _native_setup(self, env: Env, batch: int, like: torch.Tensor):
-        """(x0, lo, hi, options) -> `runtime.native.NativeKernels` for this call, or None where the
-        kernels run on torch. Without a C compiler, kernels=auto warns once and runs on torch."""
+        """(x0, lo, hi, options, stage_data) -> `runtime.native.NativeKernels` for this call, or None
+        where the kernels run on torch. Without a C compiler, kernels=auto warns once and runs on
+        torch."""
         if self.native is None:
             return None
         try:
@@ -343,7 +344,8 @@ class ILQRBackend(_Lowered):
             self.native, self.native_why = None, str(why).splitlines()[0]
             return None
         params, horizon, m = self.native.pack(env, batch, like), self.horizon, self.layout.m
-        return lambda x0, lo, hi, options: NativeKernels(library, x0, params, lo, hi, horizon, m, options)
+        return lambda x0, lo, hi, options, stage_data: NativeKernels(library, x0, params, lo, hi, horizon, m,
+                                                                     options, stage_data)
 
     def _constraint(self, sense: Cmp, dynamics, env: Env, like: torch.Tensor):
         """The plan's `constraint` lines of one sense as one callable (x (B, n), u (B, m)) -> (B, p),

@@ -20,7 +20,8 @@ import torch
 from compiler.ccode import CBody, NotNative, instantiate
 from compiler.ir import VarRef
 from compiler.lower.stages import StageValues
-from compiler.problem import TrajectoryProblem
+from compiler.problem import Placement, TrajectoryProblem
+from planlang.ast import Cmp
 
 _NUMBERS = {"v": ("V", "v_"), "d1": ("D1", "d1_"), "d2": ("D2", "d2_")}
 
@@ -54,8 +55,6 @@ def native_plan(parts: TrajectoryProblem, stage_values: StageValues | None = Non
     clocked = bool(stage_values)
     clock = f"x[{n}]" if clocked else None
     rows = {ref: stage_values.rows(ref) for ref in stage_values.refs} if clocked else {}
-    if parts.constraints:
-        return None, "constraint lines (the augmented Lagrangian runs on torch)"
     if m > 3 and any(v.lower is not None or v.upper is not None for v in layout.controls):
         return None, "more than 3 limited controls (the native box QP enumerates faces)"
     decision, offsets = {}, layout.offsets()
@@ -69,11 +68,18 @@ def native_plan(parts: TrajectoryProblem, stage_values: StageValues | None = Non
         stage = CBody(tuple(parts.stage_costs), decision, params, clock, rows)
         final = CBody(tuple(parts.final_costs), states, params, clock, rows)
         step = _integrator(parts.transition.integrator, clocked)
+        lines = [(CBody((ir,), decision, params, clock, rows), sense, where)
+                 for ir, sense, where in parts.constraints]
     except NotNative as why:
         return None, str(why)
+    constraints = [_function(f"static void con{i}_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *out)",
+                             body, [f"out[{j}] = {r};" for j, r in enumerate(_flat(body))])
+                   for i, (body, _, _) in enumerate(lines)]
+    counts = {sense: sum(len(_flat(body)) for body, s, _ in lines if s is sense) for sense in (Cmp.LE, Cmp.EQ)}
     size = sum(s for _, s in params)
     nx = n + clocked
-    head = f"#define NS {n}\n#define NX {nx}\n#define NU {m}\n#define NZ {nx + m}\n#define NP {size}\n/* model */\n"
+    head = (f"#define NS {n}\n#define NX {nx}\n#define NU {m}\n#define NZ {nx + m}\n#define NP {size}\n"
+            f"#define NC {counts[Cmp.LE]}\n#define NE {counts[Cmp.EQ]}\n/* model */\n")
     template = "\n".join([
         _function("static void field_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *out)",
                   field, [f"out[{i}] = {r};" for i, r in enumerate(_flat(field))]),
@@ -82,10 +88,49 @@ def native_plan(parts: TrajectoryProblem, stage_values: StageValues | None = Non
                   stage, [f"return {_sum(_flat(stage))};"]),
         _function("static NUM final_SUFFIX(const NUM *x, const double *p)",
                   final, [f"return {_sum(_flat(final))};"]),
+        *constraints,
+        _rows("ineq", [(i, where) for i, (_, sense, where) in enumerate(lines) if sense is Cmp.LE], lines),
+        _rows("eq", [(i, where) for i, (_, sense, where) in enumerate(lines) if sense is Cmp.EQ], lines),
+        _AUGMENTED,
     ])
     body = "\n".join(instantiate(template, *_NUMBERS[suffix]).replace("SUFFIX", suffix)
                      for suffix in ("v", "d1", "d2"))
     return NativePlan(head + body, tuple(params)), ""
+
+
+# The stage cost of the augmented Lagrangian (runtime/ilqr_constraints.py) with the stage's
+# multipliers and penalty w = [lam (NC), nu (NE), rho], or the plain stage cost for w = NULL:
+#   l + sum_i (max(0, lam_i + rho c_i)^2 - lam_i^2) / (2 rho) + nu'h + rho/2 ||h||^2
+_AUGMENTED = """static NUM stage_aug_SUFFIX(const NUM *x, const NUM *u, const double *p, const double *w) {
+    NUM l = stage_SUFFIX(x, u, p);
+    if (!w) return l;
+    double rho = w[NC + NE];
+    NUM c[NC > 0 ? NC : 1], h[NE > 0 ? NE : 1];
+    ineq_SUFFIX(x, u, p, c);
+    eq_SUFFIX(x, u, p, h);
+    for (int i = 0; i < NC; i++) {
+        NUM s = OP_add(OP_c(w[i]), OP_mul(OP_c(rho), c[i]));
+        if (OP_val(s) > 0) l = OP_add(l, OP_mul(OP_c(0.5 / rho), OP_mul(s, s)));
+        l = OP_sub(l, OP_c(w[i] * w[i] / (2 * rho)));
+    }
+    for (int j = 0; j < NE; j++)
+        l = OP_add(l, OP_add(OP_mul(OP_c(w[NC + j]), h[j]), OP_mul(OP_c(0.5 * rho), OP_mul(h[j], h[j]))));
+    return l;
+}"""
+
+
+def _rows(name: str, members: list[tuple[int, Placement]], lines: list) -> str:
+    """name_SUFFIX(x, u, p, out): the constraint rows of one sense in source order, those placed
+    at x_{t+1} evaluated at the next state (as `compiler.lower.backends.ILQRBackend`)."""
+    body, offset = [], 0
+    if any(where is Placement.NEXT for _, where in members):
+        body.append("NUM xn[NX];")
+        body.append("step_SUFFIX(x, u, p, xn);")
+    for i, where in members:
+        body.append(f"con{i}_SUFFIX({'xn' if where is Placement.NEXT else 'x'}, u, p, out + {offset});")
+        offset += len(_flat(lines[i][0]))
+    signature = f"static void {name}_SUFFIX(const NUM *x, const NUM *u, const double *p, NUM *out) {{"
+    return "\n".join([signature, *("    " + line for line in body or ["(void) x; (void) u; (void) p; (void) out;"]), "}"])
 
 
 def _function(signature: str, body: CBody, tail: list[str]) -> str:

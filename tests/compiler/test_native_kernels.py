@@ -58,7 +58,7 @@ def _example(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["two_link_arm", "planar_quadrotor", "cartpole", "pendulum",
-                                  "car_obstacle", "robot_obstacle"])
+                                  "car_obstacle", "robot_obstacle", "unicycle_obstacle"])
 def test_iterates_equal_torch_kernels(name):
     """After 4 iterations (not converged), both kernels hold the same iterate and statistics."""
     with torch.no_grad():
@@ -129,6 +129,45 @@ def test_stage_values_read_their_rows():
     torch.testing.assert_close(b.x, a.x, rtol=1e-10, atol=1e-12)
 
 
+CONSTRAINED = """plan mixed
+const dt = 0.1
+horizon 15
+state p[2] = [0, 0]
+state v[2] = [0, 0]
+control a[2] in [-2, 2]
+input goal[2] = [1, 0.5]
+dynamics p' = p + dt * v
+dynamics v' = v + dt * a
+constraint v[0] <= 0.45
+constraint a[0] - a[1] == 0.2 * sin(p[0])
+constraint a[0] <= 1.5 + p[1]
+constraint norm(p - [0.5, 0.12]) >= 0.2
+cost stage = 0.1 * sum(a^2) + sum((p - goal)^2)
+cost final = 10 * sum((p - goal)^2) + sum(v^2)
+solve ilqr(iters=100)
+"""
+
+
+def test_constraint_rows_in_source_order_and_placement():
+    """Inequality and equality rows at (x_t, u_t) and at x_{t+1}, interleaved: the augmented
+    Lagrangian's inner solves take the same iterates on both kernels, and the full solve the
+    same active constraints and gradients."""
+    goals = torch.tensor([[1.0, 0.5], [0.8, -0.2]], dtype=torch.float64)
+    with torch.no_grad():
+        a, b = (_module(CONSTRAINED, k, iters=4)(goal=goals) for k in ("torch", "native"))
+    assert torch.equal(a.iterations, b.iterations) and torch.equal(a.status, b.status)
+    torch.testing.assert_close(b.u, a.u, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(b.violation, a.violation, rtol=1e-7, atol=1e-10)
+    grads = {}
+    for kernels in ("torch", "native"):
+        g = goals.clone().requires_grad_()
+        sol = _module(CONSTRAINED, kernels)(goal=g)
+        assert bool((sol.status == Status.SOLVED).all()) and float(sol.violation.max()) <= 1e-6
+        assert float(sol["v"][..., 0].max()) == pytest.approx(0.45, abs=1e-6)     # active
+        grads[kernels] = torch.autograd.grad(sol.u.square().sum(), g)[0]
+    torch.testing.assert_close(grads["native"], grads["torch"], rtol=1e-5, atol=1e-7)
+
+
 def test_batch_of_parameters():
     """Per-element inputs (targets) and params reach each element's row of p."""
     targets = torch.tensor([[-0.6, 1.2], [0.5, 1.5], [1.2, -0.4]], dtype=torch.float64)
@@ -194,8 +233,8 @@ def test_kernels_native_refuses_with_location(change, why):
 
 def test_auto_names_its_kernels_in_the_lowered_text():
     assert "kernels: native (C)" in _module(_example("two_link_arm"), "auto").backend.as_text()
-    constrained = _module(_example("unicycle_obstacle"), "auto").backend
-    assert constrained.native is None and "kernels: torch (constraint lines" in constrained.as_text()
+    neural = _module(_example("robot_obstacle_residual"), "auto").backend
+    assert neural.native is None and "kernels: torch (a call of block 'f'" in neural.as_text()
 
 
 def test_numerical_failure_is_reported():
