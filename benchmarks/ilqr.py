@@ -11,10 +11,15 @@ cost. The same problem is ours with horizon T - 1 and final cost l_T(x) = l(x, 0
 optimal u_{T-1} is 0, since the control cost is 1/2 q_u u^2). Both costs below are evaluated by
 one function on the returned trajectories.
 
+`--ours plan-native` (or `plan-torch`) solves the same problems written as plans
+(`PENDULUM_PLAN`, `CARTPOLE_PLAN`, the anchor's constants filled in), on the native (C) or the
+torch kernels of `solve ilqr(kernels=...)`, through the compiled plan's `ILQRProblem`
+(`ILQRBackend.problem`) with the same options; gradients reach x0, q and p as plan values.
+
 Anchor: mpc.pytorch (github locuslab/mpc.pytorch) must be importable, e.g. unpacked at
 $PLANLANG_ANCHORS/mpc.pytorch (see benchmarks/README.md). Run from the repository root:
 
-    PLANLANG_ANCHORS=/tmp/anchors python benchmarks/ilqr.py
+    PLANLANG_ANCHORS=/tmp/anchors python benchmarks/ilqr.py [--ours plan-native]
 """
 import argparse
 import os
@@ -28,6 +33,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import planlang  # noqa: E402
 from runtime.ilqr import ILQRBackward, ILQROptions, ILQRProblem, ilqr  # noqa: E402
 from runtime.ilqr_derivatives import ExactDerivatives  # noqa: E402
 from runtime.status import Status  # noqa: E402
@@ -81,6 +87,54 @@ def cartpole_dynamics(params: torch.Tensor, dt: float, force_mag: float) -> Call
         dth = dth + dt * th_acc
         return torch.stack((x, dx, torch.cos(th), torch.sin(th), dth), 1)
     return dynamics
+
+
+# ---- the same problems as plans (q, p: the quadratic cost's weights over z = (x, u)) --------
+
+PENDULUM_PLAN = """plan mpc_pendulum
+horizon {T}
+state x[3] = [1, 0, 0]
+control u in [{lower}, {upper}]
+param q[4] = 1
+param p[4] = 0
+let th = atan2(x[1], x[0])
+let dth = x[2] + {dt} * (-3 * {g} / (2 * {l}) * (-x[1]) + 3 * u / ({m} * {l}^2))
+dynamics x' = [cos(th + dth * {dt}), sin(th + dth * {dt}), dth]
+cost stage = sum(0.5 * q * cat(x, u)^2 + p * cat(x, u))
+cost final = sum(0.5 * q[0:3] * x^2 + p[0:3] * x)
+solve ilqr
+"""
+
+CARTPOLE_PLAN = """plan mpc_cartpole
+horizon {T}
+state s[5] = [0, 0, 1, 0, 0]
+control u in [{lower}, {upper}]
+param q[6] = 1
+param p[6] = 0
+let th = atan2(s[3], s[2])
+let cart_in = (u + {mp} * {l} * s[4]^2 * s[3]) / ({mc} + {mp})
+let th_acc = ({g} * s[3] - s[2] * cart_in) / ({l} * (4 / 3 - {mp} * s[2]^2 / ({mc} + {mp})))
+let x_acc = cart_in - {mp} * {l} * th_acc * s[2] / ({mc} + {mp})
+dynamics s' = [s[0] + {dt} * s[1], s[1] + {dt} * x_acc, cos(th + {dt} * s[4]), sin(th + {dt} * s[4]),
+               s[4] + {dt} * th_acc]
+cost stage = sum(0.5 * q * cat(s, u)^2 + p * cat(s, u))
+cost final = sum(0.5 * q[0:5] * s^2 + p[0:5] * s)
+solve ilqr
+"""
+
+
+def task_plan(task: "Task", kernels: str):
+    """The compiled plan of a task (ours: horizon T - 1 plus the final cost)."""
+    env = task.env
+    if task.name == "pendulum":
+        g, m, l = (float(v) for v in env.params)
+        text = PENDULUM_PLAN.format(T=task.T - 1, lower=float(env.lower), upper=float(env.upper),
+                                    dt=env.dt, g=g, m=m, l=l)
+    else:
+        g, mc, mp, l = (float(v) for v in env.params)
+        text = CARTPOLE_PLAN.format(T=task.T - 1, lower=float(env.lower), upper=float(env.upper),
+                                    dt=env.dt, g=g, mc=mc, mp=mp, l=l)
+    return planlang.compile(planlang.loads(text), dtype=torch.float64, options={"kernels": kernels})
 
 
 @dataclass
@@ -163,6 +217,19 @@ def run_ours(task: Task, options: ILQROptions, q0, p0, exact_cost: bool):
     return clock.read(), trajectory_cost(x.detach(), u.detach(), q0, p0), (x0.grad, q.grad, p.grad), sol
 
 
+def run_plan(module, task: Task, options: ILQROptions, q0, p0, exact_cost: bool = True):
+    """`run_ours` on the compiled plan's problem (its cost derivatives are exact jets)."""
+    q, p, x0 = (t.clone().requires_grad_() for t in (q0, p0, task.x0))
+    clock = Clock()
+    state = module.layout.states[0].ref.name
+    env, x0b, like = module.bind({state: x0, "q": q, "p": p})
+    problem = module.backend.problem(env, x0.shape[0], like)
+    sol = ilqr(problem, x0b, torch.zeros(x0.shape[0], task.T - 1, 1), options)
+    x, u = sol.x, torch.cat((sol.u, torch.zeros_like(sol.u[:, :1])), 1)
+    ((u ** 2).sum() + x.sum()).backward()
+    return clock.read(), trajectory_cost(x.detach(), u.detach(), q0, p0), (x0.grad, q.grad, p.grad), sol
+
+
 def run_anchor(mpc, task: Task, iters: int, eps: float, q0, p0):
     q, p, x0 = (t.clone().requires_grad_() for t in (q0, p0, task.x0))
     env, B, T = task.env, task.x0.shape[0], task.T
@@ -199,7 +266,7 @@ def budgets(task: Task):
              ILQROptions(max_iters=50, tol=tol, cost_tol=0.0, **line_search))]
 
 
-def gradient_check(mpc, task: Task, q, p, backward: ILQRBackward):
+def gradient_check(mpc, task: Task, q, p, backward: ILQRBackward, run_ours=run_ours):
     """Relative error of each solver's d loss / d p against central differences of our
     re-solves (both converge to the same trajectories), on 4 elements solved tightly."""
     task = Task(task.name, task.env, task.dynamics, task.x0[:4], task.T)
@@ -230,6 +297,9 @@ def main():
                              "exact derivatives (mpc.pytorch is given C, c directly)")
     parser.add_argument("--backward", choices=[b.value for b in ILQRBackward],
                         default=ILQRBackward.IMPLICIT.value, help="our backward mode")
+    parser.add_argument("--ours", choices=["runtime", "plan-torch", "plan-native"], default="runtime",
+                        help="runtime: torch callables written here; plan-*: the plans, on the "
+                             "torch or the native kernels")
     args = parser.parse_args()
     backward = ILQRBackward(args.backward)
     torch.set_num_threads(1)
@@ -240,20 +310,29 @@ def main():
     print(f"torch {torch.__version__}, float64, 1 thread, batch {args.batch}, median of "
           f"{args.repeats} interleaved repeats, forward + backward; ours: "
           f"{'autodiff' if args.autodiff_cost else 'exact'} cost derivatives, "
-          f"{backward.value} backward")
+          f"{backward.value} backward, {args.ours}")
     print("CPU ms (and the wall-clock speedup); costs: mean over the batch; solved: ours")
     print(f"{'task':9} {'budget':21} {'ours ms':>8} {'mpc ms':>8} {'speedup':>7} {'wall':>5} "
           f"{'ours cost':>10} {'mpc cost':>10} {'solved':>7}")
     tasks = [t for t in make_tasks(pendulum, cartpole, args.batch) if t.name in args.tasks]
+    runners = {}
     for task in tasks:
+        if args.ours == "runtime":
+            runners[task.name] = run_ours
+        else:
+            module = task_plan(task, args.ours.removeprefix("plan-"))
+            runners[task.name] = lambda task, options, q, p, exact_cost, module=module: \
+                run_plan(module, task, options, q, p)
+    for task in tasks:
+        solve = runners[task.name]
         q, p = task.env.get_true_obj()
-        run_ours(task, budgets(task)[0][3], q, p, exact_cost=not args.autodiff_cost)  # warm-up
+        solve(task, budgets(task)[0][3], q, p, exact_cost=not args.autodiff_cost)  # warm-up
         run_anchor(mpc, task, 1, 0.0, q, p)
         for label, iters, eps, options in budgets(task):
             options = replace(options, backward=backward)
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(run_ours(task, options, q, p, exact_cost=not args.autodiff_cost))
+                ours.append(solve(task, options, q, p, exact_cost=not args.autodiff_cost))
                 theirs.append(run_anchor(mpc, task, iters, eps, q, p))
             t_ours, t_mpc = ([statistics.median(r[0][i] for r in runs) for i in (0, 1)]
                              for runs in (ours, theirs))
@@ -266,7 +345,7 @@ def main():
           "(relative error):")
     for task in tasks:
         q, p = task.env.get_true_obj()
-        (ours, theirs), solved = gradient_check(mpc, task, q, p, backward)
+        (ours, theirs), solved = gradient_check(mpc, task, q, p, backward, runners[task.name])
         print(f"{task.name:9} ours {ours:.1e}   mpc.pytorch {theirs:.1e}   "
               f"(ours converged: {solved})")
 

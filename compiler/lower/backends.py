@@ -300,18 +300,25 @@ class ILQRBackend(_Lowered):
                               newton=opts["model"] == "newton", shooting=ILQRShooting(opts["shooting"]),
                               constraints=ConstraintOptions(tol=opts["constraint_tol"]))
 
+        problem = self.problem(env, batch, like)
+        env = self.stage_values.with_tables(env, like)
+        x_guess = self.initial_nodes(env, batch, like)
+        sol = ilqr(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm), options, x_guess)
+        return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations,
+                        residual=sol.residual, violation=sol.violation)
+
+    def problem(self, env: Env, batch: int, like: torch.Tensor) -> ILQRProblem:
+        """The plan as a `runtime.ilqr.ILQRProblem` with `env` bound, for a batch of `batch` (a
+        clocked plan's callables take x with the clock, `with_clock`): callables, control limits,
+        exact cost derivatives, constraints and the native kernels where they apply."""
         lower, upper = self.control_bounds(env, like)
         env = self.stage_values.with_tables(env, like)
         exact = self._exact(env, like) if self.parts.has_jets else ExactDerivatives()
         dynamics, stage_cost, final_cost = self.dynamics(env, like), self.stage_costs_of(env, like), \
             self.final_costs_of(env, like)
         inequality, equality = (self._constraint(sense, dynamics, env, like) for sense in (Cmp.LE, Cmp.EQ))
-        problem = ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, exact, inequality=inequality,
-                              equality=equality, native=self._native_setup(env, batch, like))
-        x_guess = self.initial_nodes(env, batch, like)
-        sol = ilqr(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm), options, x_guess)
-        return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations,
-                        residual=sol.residual, violation=sol.violation)
+        return ILQRProblem(dynamics, stage_cost, final_cost, lower, upper, exact, inequality=inequality,
+                           equality=equality, native=self._native_setup(env, batch, like))
 
     def as_text(self) -> str:
         kernels = "native (C)" if self.native is not None else f"torch ({self.native_why})"
