@@ -76,16 +76,23 @@ def native_library(model_source: str) -> ctypes.CDLL:
     key = hashlib.sha256("\0".join((cc, *_FLAGS, source)).encode()).hexdigest()[:20]
     target = cache_dir() / f"ilqr_{key}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            c_file, so_file = Path(tmp) / "plan.c", Path(tmp) / "plan.so"
-            c_file.write_text(source)
-            done = subprocess.run([cc, *_FLAGS, "-o", str(so_file), str(c_file), "-lm"],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise NativeUnavailable(f"{cc} failed on the generated code:\n{done.stderr[-2000:]}")
-            os.replace(so_file, target)           # atomic: concurrent processes see a whole file
+        try:
+            _compile(cc, source, target)
+        except OSError as err:
+            raise NativeUnavailable(f"cannot build in {target.parent} ({err}); set $PLANLANG_CACHE") from err
     return _declare(ctypes.CDLL(str(target)))
+
+
+def _compile(cc: str, source: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        c_file, so_file = Path(tmp) / "plan.c", Path(tmp) / "plan.so"
+        c_file.write_text(source)
+        done = subprocess.run([cc, *_FLAGS, "-o", str(so_file), str(c_file), "-lm"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise NativeUnavailable(f"{cc} failed on the generated code:\n{done.stderr[-2000:]}")
+        os.replace(so_file, target)           # atomic: concurrent processes see a whole file
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:

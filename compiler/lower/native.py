@@ -24,6 +24,7 @@ from compiler.problem import Placement, TrajectoryProblem
 from planlang.ast import Cmp
 
 _NUMBERS = {"v": ("V", "v_"), "d1": ("D1", "d1_"), "d2": ("D2", "d2_")}
+MAX_DIRECTIONS = 32      # NZ: a second-order dual holds 1 + NZ + NZ^2 doubles, on the C stack
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def native_plan(parts: TrajectoryProblem, stage_values: StageValues | None = Non
     rows = {ref: stage_values.rows(ref) for ref in stage_values.refs} if clocked else {}
     if m > 3 and any(v.lower is not None or v.upper is not None for v in layout.controls):
         return None, "more than 3 limited controls (the native box QP enumerates faces)"
+    if n + clocked + m > MAX_DIRECTIONS:
+        return None, (f"{n + m} states and controls: the native kernels' dense second-order duals "
+                      f"take at most {MAX_DIRECTIONS}")
     decision, offsets = {}, layout.offsets()
     for var in layout.states + layout.controls:
         s = offsets[var.ref]
