@@ -162,8 +162,8 @@ def test_constraint_rows_in_source_order_and_placement():
     for kernels in ("torch", "native"):
         g = goals.clone().requires_grad_()
         sol = _module(CONSTRAINED, kernels)(goal=g)
-        assert bool((sol.status == Status.SOLVED).all()) and float(sol.violation.max()) <= 1e-6
-        assert float(sol["v"][..., 0].max()) == pytest.approx(0.45, abs=1e-6)     # active
+        assert bool((sol.status == Status.SOLVED).all()) and float(sol.violation.detach().max()) <= 1e-6
+        assert float(sol["v"][..., 0].detach().max()) == pytest.approx(0.45, abs=1e-6)     # active
         grads[kernels] = torch.autograd.grad(sol.u.square().sum(), g)[0]
     torch.testing.assert_close(grads["native"], grads["torch"], rtol=1e-5, atol=1e-7)
 
@@ -235,6 +235,22 @@ def test_auto_names_its_kernels_in_the_lowered_text():
     assert "kernels: native (C)" in _module(_example("two_link_arm"), "auto").backend.as_text()
     neural = _module(_example("robot_obstacle_residual"), "auto").backend
     assert neural.native is None and "kernels: torch (a call of block 'f'" in neural.as_text()
+
+
+def test_large_plans_stay_on_torch():
+    """Dense second-order duals of more than 32 directions would not fit the C stack."""
+    source = """plan big
+horizon 5
+state x[40] = 0.1
+control u[2] in [-1, 1]
+dynamics x' = x + 0.1 * cat(u, zeros(38))
+cost stage = sum(x^2) + sum(u^2)
+cost final = sum(x^2)
+solve ilqr
+"""
+    backend = _module(source, "auto").backend
+    assert backend.native is None and "at most 32" in backend.native_why
+    assert bool((_module(source, "auto")().status == Status.SOLVED).all())
 
 
 def test_numerical_failure_is_reported():
