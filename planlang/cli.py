@@ -140,6 +140,7 @@ def _run(args) -> int:
     if module.info.family == "joint":
         return _run_joint(module, args, values)
     _warn_threads(module)
+    module.backend.build_kernels()               # a plan's C kernels are compiled before the clock starts
     with torch.no_grad():
         if args.closed_loop is not None:
             system = planlang.compile(planlang.load(args.system), dtype=dtype) if args.system else None

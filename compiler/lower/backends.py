@@ -110,6 +110,10 @@ class _Lowered:
         """The plan's states of a (possibly) clocked x (..., n or n+1)."""
         return x[..., :self.layout.n]
 
+    def build_kernels(self) -> None:
+        """Build ahead of the first solve what it would otherwise build (ilqr's native kernels), so
+        that timed solves exclude it; nothing for most backends."""
+
     def prepare(self, env: Env, batch: int, like: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor | None], Solution]:
         """(x0 (B, n), warm (B, T, m) or None) -> Solution with `env` bound, for repeated solves
         of batch size B (closed-loop control); backends with per-solve set-up to hoist override it."""
@@ -336,19 +340,26 @@ class ILQRBackend(_Lowered):
                 return None, f"{why} ({option}={value}) runs on torch"
         return native_plan(self.parts, self.stage_values)
 
+    def build_kernels(self):
+        """The native library (compiled on first use, then cached), or None where the kernels run
+        on torch. Without a C compiler, kernels=auto warns once and runs on torch from then on."""
+        if self.native is None:
+            return None
+        try:
+            return native_library(self.native.source)
+        except NativeUnavailable as why:
+            if self.info.options["kernels"] == "native":
+                raise
+            warnings.warn(f"planlang: iLQR runs on the torch kernels (slower on CPU): {why}", stacklevel=3)
+            self.native, self.native_why = None, str(why).splitlines()[0]
+            return None
+
     def _native_setup(self, env: Env, batch: int, like: torch.Tensor):
         """(x0, lo, hi, options, stage_data) -> `runtime.native.NativeKernels` for this call, or None
         where the kernels run on torch. Without a C compiler, kernels=auto warns once and runs on
         torch."""
-        if self.native is None:
-            return None
-        try:
-            library = native_library(self.native.source)
-        except NativeUnavailable as why:
-            if self.info.options["kernels"] == "native":
-                raise
-            warnings.warn(f"planlang: iLQR runs on the torch kernels (slower on CPU): {why}", stacklevel=2)
-            self.native, self.native_why = None, str(why).splitlines()[0]
+        library = self.build_kernels()
+        if library is None:
             return None
         params, horizon, m = self.native.pack(env, batch, like), self.horizon, self.layout.m
         return lambda x0, lo, hi, options, stage_data: NativeKernels(library, x0, params, lo, hi, horizon, m,
