@@ -105,7 +105,7 @@ class CBody:
             self.params.append((ref, rows * size))
         if ref.kind is not STAGE:
             return _array([f"OP_c(p[{offset + i}])" for i in range(size)], e.shape)
-        row = self._offset(f"{offset} + pl_row(OP_val({self._clock}), {rows}) * {size}")
+        row = self._value(f"{offset} + pl_row(OP_val({self._clock}), {rows}) * {size}", "long", "i")
         return _array([f"OP_c(p[{row} + {i}])" for i in range(size)], e.shape)
 
     def _power(self, e: Expr, args: list[np.ndarray]) -> np.ndarray:
@@ -198,20 +198,12 @@ class CBody:
         flat = [a.reshape(-1) for a in arrays]
         return _array([self._value(fmt(*items)) for items in zip(*flat)], shape)
 
-    def _offset(self, code: str) -> str:
-        """An integer temporary (an offset into p) holding `code`."""
-        name = self._memo.get(code)
-        if name is None:
-            name = self._memo[code] = f"i{len(self._lines)}"
-            self._lines.append(f"long {name} = {code};")
-        return name
-
-    def _value(self, code: str) -> str:
+    def _value(self, code: str, ctype: str = "NUM", prefix: str = "t") -> str:
         """A temporary holding `code`, emitted once per distinct code."""
         name = self._memo.get(code)
         if name is None:
-            name = self._memo[code] = f"t{len(self._lines)}"
-            self._lines.append(f"NUM {name} = {code};")
+            name = self._memo[code] = f"{prefix}{len(self._lines)}"
+            self._lines.append(f"{ctype} {name} = {code};")
         return name
 
 
