@@ -100,7 +100,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pl_rollout.argtypes = [L, L] + [P] * 9
     lib.pl_line_search.argtypes = [L, L] + [P] * 11 + [P, L, D, D, D] + [P] * 4
     lib.pl_model.argtypes = [L, L] + [P] * 9
-    lib.pl_backward.argtypes = [L, L] + [P] * 15
+    lib.pl_backward.argtypes = [L, L] + [P] * 10 + [L, D, D, D, L] + [P] * 5
     for fn in (lib.pl_rollout, lib.pl_line_search, lib.pl_model, lib.pl_backward):
         fn.restype = None
     return lib
@@ -166,15 +166,15 @@ class NativeKernels:
                  todo: Tensor) -> Policy:
         """The backward pass of the elements in `todo` (B,) with regularization mu (B,); the
         rows of the others are left undefined."""
-        B, T, n, m = self.B, self.T, self.n, self.m
+        B, T, n, m, qp = self.B, self.T, self.n, self.m, self.options.qp
         K, k = self._new(B, T, m, n), self._new(B, T, m)
         dV1, dV2 = self._new(B), self._new(B)
         ok = torch.zeros(B, dtype=torch.uint8)
         todo = todo.to(torch.uint8).contiguous()
         self.lib.pl_backward(B, T, _ptr(model.F), _ptr(model.g), _ptr(model.C), _ptr(final.g),
                              _ptr(final.C), _ptr(u), _ptr(self.lo), _ptr(self.hi),
-                             _ptr(_f64(mu)), _ptr(todo), _ptr(K), _ptr(k), _ptr(dV1), _ptr(dV2),
-                             _ptr(ok))
+                             _ptr(_f64(mu)), _ptr(todo), qp.max_iters, qp.tol, qp.armijo, qp.step_decay,
+                             qp.line_search_steps, _ptr(K), _ptr(k), _ptr(dV1), _ptr(dV2), _ptr(ok))
         return Policy(K, k, dV1, dV2, ok.bool())
 
     def line_search(self, x: Tensor, u: Tensor, J: Tensor, policy: Policy, active: Tensor

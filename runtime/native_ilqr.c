@@ -149,17 +149,123 @@ static void cholesky_solve(int m, const double *L, double *b) {
     }
 }
 
-/* The box QP  min 1/2 k'Hk + q'k, lo <= k <= hi  for NU <= 3 (runtime/box_qp.py): the
- * least-objective feasible face minimizer over the 3^NU faces (one control: closed form).
- * Writes k and Hinv = H_ff^{-1} on the free rows and columns (0 elsewhere); returns 1 where H
- * is positive definite (the all-free face factors) and the data are finite. */
+/* Hinv = (L L')^{-1} on the rows and columns idx[0..nf) (leading dimension NU) */
+static void embed_inverse(int nf, const int *idx, const double *L, double *Hinv) {
+    memset(Hinv, 0, NU * NU * sizeof(double));
+    for (int e = 0; e < nf; e++) {
+        double col[NU];
+        for (int a = 0; a < nf; a++) col[a] = a == e;
+        cholesky_solve(nf, L, col);
+        for (int a = 0; a < nf; a++) Hinv[idx[a] * NU + idx[e]] = col[a];
+    }
+}
+
+/* The free block H_ff of the coordinates with free[i] (indices to idx); returns its size. */
+static int free_block(const double *H, const int *free_, int *idx, double *A) {
+    int nf = 0;
+    for (int i = 0; i < NU; i++) if (free_[i]) idx[nf++] = i;
+    for (int a = 0; a < nf; a++)
+        for (int e = 0; e < nf; e++) A[a * NU + e] = H[idx[a] * NU + idx[e]];
+    return nf;
+}
+
+static double objective(const double *H, const double *q, const double *x) {
+    double f = 0.0;
+    for (int i = 0; i < NU; i++) {
+        double Hx = 0.0;
+        for (int j = 0; j < NU; j++) Hx += H[i * NU + j] * x[j];
+        f += (0.5 * Hx + q[i]) * x[i];
+    }
+    return f;
+}
+
+/* Options of the projected-Newton box QP (runtime/box_qp.py BoxQPOptions) */
+typedef struct { long max_iters; double tol, armijo, decay; long steps; } QPOptions;
+
+/* NU > 3: projected Newton (runtime/box_qp.py, Tassa et al. 2014 Algorithm 3) from the clamped
+ * unconstrained minimizer; returns 1 for SOLVED or MAX_ITERS, 0 for NOT_CONVEX or NUMERICAL. */
+static int box_qp_newton(const double *H, const double *q, const double *lo, const double *hi,
+                         int finite, const QPOptions *o, double *x, double *Hinv) {
+    double L[NU * NU], A[NU * NU], g[NU], d[NU], cand[NU], best[NU];
+    int idx[NU], free_[NU], clamped[NU], prev[NU], all[NU], pd, inside = 1, exact = 0;
+    for (int i = 0; i < NU; i++) all[i] = 1;
+    pd = cholesky(NU, H, L);
+    for (int i = 0; i < NU; i++) x[i] = -q[i];
+    if (pd) cholesky_solve(NU, L, x);
+    for (int i = 0; i < NU; i++) inside &= pd && lo[i] < x[i] && x[i] < hi[i];
+    if (inside) {
+        free_block(H, all, idx, A);
+        embed_inverse(NU, idx, L, Hinv);
+        return finite;
+    }
+    if (!finite) return 0;
+    double scale = 1.0;
+    for (int i = 0; i < NU; i++) {
+        if (!pd) x[i] = 0.0;
+        x[i] = x[i] < lo[i] ? lo[i] : (x[i] > hi[i] ? hi[i] : x[i]);
+        scale = fabs(q[i]) > scale ? fabs(q[i]) : scale;
+        prev[i] = 0;
+    }
+    int nf = 0;
+    for (long it = 0;; it++) {
+        double gmax = 0.0;
+        int same = 1;
+        for (int i = 0; i < NU; i++) {
+            g[i] = q[i];
+            for (int j = 0; j < NU; j++) g[i] += H[i * NU + j] * x[j];
+            clamped[i] = (x[i] <= lo[i] && g[i] > 0) || (x[i] >= hi[i] && g[i] < 0);
+            free_[i] = !clamped[i];
+            same &= clamped[i] == prev[i];
+            if (free_[i] && fabs(g[i]) > gmax) gmax = fabs(g[i]);
+        }
+        nf = free_block(H, free_, idx, A);
+        if (!cholesky(nf, A, L)) return 0;                            /* NOT_CONVEX */
+        if (gmax <= o->tol * scale || (exact && same) || it == o->max_iters) break;
+        double r[NU];
+        for (int a = 0; a < nf; a++) r[a] = -g[idx[a]];
+        cholesky_solve(nf, L, r);
+        memset(d, 0, sizeof d);
+        for (int a = 0; a < nf; a++) d[idx[a]] = r[a];
+        double f0 = objective(H, q, x), s = 1.0;
+        long j, accepted = -1;
+        for (j = 0; j < o->steps; j++, s *= o->decay) {
+            double predicted = 0.0;
+            for (int i = 0; i < NU; i++) {
+                double v = x[i] + s * d[i];
+                cand[i] = v < lo[i] ? lo[i] : (v > hi[i] ? hi[i] : v);
+                predicted += g[i] * (x[i] - cand[i]);
+            }
+            if (predicted > 0 && f0 - objective(H, q, cand) >= o->armijo * predicted) {
+                accepted = j;
+                memcpy(best, cand, sizeof best);
+                break;
+            }
+        }
+        if (accepted < 0) break;                                      /* stuck: MAX_ITERS */
+        memcpy(x, best, sizeof best);
+        exact = accepted == 0;
+        for (int i = 0; i < NU; i++) {
+            exact &= (lo[i] < x[i] && x[i] < hi[i]) || d[i] == 0;
+            prev[i] = clamped[i];
+        }
+    }
+    embed_inverse(nf, idx, L, Hinv);
+    return 1;
+}
+
+/* The box QP  min 1/2 k'Hk + q'k, lo <= k <= hi  (runtime/box_qp.py): one control in closed
+ * form; NU <= 3 the least-objective feasible face minimizer over the 3^NU faces; more controls
+ * by projected Newton. Writes k and Hinv = H_ff^{-1} on the free rows and columns (0
+ * elsewhere); returns 1 where the data are finite and H is positive definite (NU <= 3: the
+ * all-free face factors; projected Newton: every free block it factors). */
 static int box_qp(const double *H, const double *q, const double *lo, const double *hi,
-                  double *k, double *Hinv) {
+                  const QPOptions *o, double *k, double *Hinv) {
     int finite = 1;
     for (int i = 0; i < NU; i++) {
         finite &= isfinite(q[i]);
         for (int j = 0; j < NU; j++) finite &= isfinite(H[i * NU + j]);
     }
+    if (NU > 3) return box_qp_newton(H, q, lo, hi, finite, o, k, Hinv);
     if (NU == 1) {
         double h = H[0], v = h > 0 ? -q[0] / h : 0.0;
         v = v < lo[0] ? lo[0] : (v > hi[0] ? hi[0] : v);
@@ -217,12 +323,7 @@ static int box_qp(const double *H, const double *q, const double *lo, const doub
     if (best >= 0) {
         int idx[NU], nf = 0;
         for (int i = 0; i < NU; i++) if (best_free[i]) idx[nf++] = i;
-        for (int e = 0; e < nf; e++) {
-            double col[NU];
-            for (int a = 0; a < nf; a++) col[a] = a == e;
-            cholesky_solve(nf, best_L, col);
-            for (int a = 0; a < nf; a++) Hinv[idx[a] * NU + idx[e]] = col[a];
-        }
+        embed_inverse(nf, idx, best_L, Hinv);
     }
     return finite && convex;
 }
@@ -236,8 +337,10 @@ static int box_qp(const double *H, const double *q, const double *lo, const doub
  * dV1 = sum k'Q_u, dV2 = 1/2 sum k'Q_uu k; ok[b] = every Q_uu + mu I positive definite. */
 void pl_backward(long B, long T, const double *F, const double *g, const double *C,
                  const double *gT, const double *CT, const double *u, const double *lo,
-                 const double *hi, const double *mu, const uint8_t *todo,
+                 const double *hi, const double *mu, const uint8_t *todo, long qp_iters,
+                 double qp_tol, double qp_armijo, double qp_decay, long qp_steps,
                  double *K, double *k, double *dV1, double *dV2, uint8_t *ok) {
+    QPOptions qp_options = {qp_iters, qp_tol, qp_armijo, qp_decay, qp_steps}, *qp = &qp_options;
     double V[NX * NX], v[NX], VF[NX * NZ], Q[NZ * NZ], q[NZ], H[NU * NU], L[NU * NU];
     double Hinv[NU * NU], ks[NU], Ks[NU * NX], lo_s[NU], hi_s[NU];
     for (long b = 0; b < B; b++) {
@@ -285,12 +388,9 @@ void pl_backward(long B, long T, const double *F, const double *g, const double 
                     cholesky_solve(NU, L, ks);
                     for (int i = 0; i < NU; i++) inside &= !lo || (lo_s[i] < ks[i] && ks[i] < hi_s[i]);
                     if (inside) {
-                        for (int e = 0; e < NU; e++) {
-                            double col[NU];
-                            for (int a = 0; a < NU; a++) col[a] = a == e;
-                            cholesky_solve(NU, L, col);
-                            for (int a = 0; a < NU; a++) Hinv[a * NU + e] = col[a];
-                        }
+                        int idx[NU];
+                        for (int a = 0; a < NU; a++) idx[a] = a;
+                        embed_inverse(NU, idx, L, Hinv);
                         solved = 1;
                     }
                 } else if (!lo) {
@@ -299,7 +399,7 @@ void pl_backward(long B, long T, const double *F, const double *g, const double 
                     solved = 1;
                 }
             }
-            if (!solved) stage_ok = box_qp(H, qu, lo_s, hi_s, ks, Hinv);
+            if (!solved) stage_ok = box_qp(H, qu, lo_s, hi_s, qp, ks, Hinv);
             good &= stage_ok;
             /* K = -Hinv Q_ux */
             for (int i = 0; i < NU; i++)

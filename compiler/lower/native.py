@@ -56,8 +56,6 @@ def native_plan(parts: TrajectoryProblem, stage_values: StageValues | None = Non
     clocked = bool(stage_values)
     clock = f"x[{n}]" if clocked else None
     rows = {ref: stage_values.rows(ref) for ref in stage_values.refs} if clocked else {}
-    if m > 3 and any(v.lower is not None or v.upper is not None for v in layout.controls):
-        return None, "more than 3 limited controls (the native box QP enumerates faces)"
     if n + clocked + m > MAX_DIRECTIONS:
         return None, (f"{n + m} states and controls: the native kernels' dense second-order duals "
                       f"take at most {MAX_DIRECTIONS}")

@@ -168,6 +168,31 @@ def test_constraint_rows_in_source_order_and_placement():
     torch.testing.assert_close(grads["native"], grads["torch"], rtol=1e-5, atol=1e-7)
 
 
+CHAIN = """plan chain
+horizon 30
+state p[4] = [0.1, -0.2, 0.3, 0.0]
+state v[4] = 0.1
+control tau[4] in [-1, 1]
+dynamics p' = p + 0.05 * v
+dynamics v' = v + 0.05 * (-9.81 * sin(p) - 0.1 * v + 4 * tau)
+cost stage = 0.1 * sum(1 + cos(p)) + 0.01 * sum(tau^2)
+cost final = 100 * sum(1 + cos(p)) + sum(v^2)
+solve ilqr(iters=60)
+"""
+
+
+@pytest.mark.parametrize("iters", [3, 60])
+def test_four_limited_controls_by_projected_newton(iters):
+    """m = 4 limited controls: the box QPs of the backward pass by projected Newton, with the
+    torch path's iterates (3 iterations) and solution (converged, controls at their limits)."""
+    with torch.no_grad():
+        a, b = (_module(CHAIN, k, iters=iters)() for k in ("torch", "native"))
+    assert torch.equal(a.iterations, b.iterations) and torch.equal(a.status, b.status)
+    torch.testing.assert_close(b.u, a.u, rtol=1e-8, atol=1e-9)
+    if iters == 60:
+        assert bool((b.status == Status.SOLVED).all()) and float(b.u.abs().max()) == 1.0
+
+
 def test_batch_of_parameters():
     """Per-element inputs (targets) and params reach each element's row of p."""
     targets = torch.tensor([[-0.6, 1.2], [0.5, 1.5], [1.2, -0.4]], dtype=torch.float64)
