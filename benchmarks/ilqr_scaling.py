@@ -70,10 +70,10 @@ def plan_solve(path: str, shooting: str | None = None, kernels: str = "auto") ->
 def closed_loop(path: str, steps: int, kernels: str) -> tuple[float, float]:
     """(wall, CPU) seconds of `steps` closed-loop steps (after compiling the native library)."""
     module = planlang.compile(planlang.load(os.path.join(ROOT, path)), options={"kernels": kernels})
-    with torch.no_grad():
+    with torch.no_grad():                       # as `planlang run --closed-loop`
         module.simulate(1)
-    start, cpu = time.perf_counter(), time.process_time()
-    module.simulate(steps)
+        start, cpu = time.perf_counter(), time.process_time()
+        module.simulate(steps)
     return time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -83,13 +83,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-plans", action="store_true")
+    parser.add_argument("--skip-chain", action="store_true")
     parser.add_argument("--kernels", nargs="+", default=["torch", "native"], choices=["torch", "native"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}")
     horizons = (60, 500, 2000)
-    for kernels in args.kernels:
+    for kernels in [] if args.skip_chain else args.kernels:
         print(f"ms per iteration, pendulum chain (n states, n/2 controls), batch 1, float32, kernels={kernels}")
         print(f"{'n':>4} " + " ".join(f"{'T=' + str(T):>9}" for T in horizons))
         for n in (2, 4, 8):
