@@ -33,6 +33,10 @@ Forward (no autograd graph), per iteration, around the nominal trajectory (x̄, 
     step, mu <- max(mu * factor, mu_min) after a rejected one or an indefinite Q_uu (the
     backward pass is then redone), at most mu_max.
 
+Steps 1-4 run on `_TorchKernels`, or, where `ILQRProblem.native` is given (the compiler's C
+code of the plan) and the solve is on the CPU with single shooting and the Gauss-Newton model,
+on `runtime.native.NativeKernels`: the same steps in C, in float64, under the same loop.
+
 Convergence (one criterion, `converged_step`, for every caller): an element is SOLVED, and
 stops changing, when its model is positive definite with at most mu_min of regularization (a
 large mu shrinks k without the point being stationary; Tassa et al. require the same) and either
