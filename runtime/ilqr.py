@@ -34,8 +34,8 @@ Forward (no autograd graph), per iteration, around the nominal trajectory (x̄, 
     backward pass is then redone), at most mu_max.
 
 Steps 1-4 run on `_TorchKernels`, or, where `ILQRProblem.native` is given (the compiler's C
-code of the plan) and the solve is on the CPU with single shooting and the Gauss-Newton model,
-on `runtime.native.NativeKernels`: the same steps in C, in float64, under the same loop.
+code of the plan) and the solve is on the CPU with single shooting, on
+`runtime.native.NativeKernels`: the same steps in C, in float64, under the same loop.
 
 Convergence (one criterion, `converged_step`, for every caller): an element is SOLVED, and
 stops changing, when its model is positive definite with at most mu_min of regularization (a
@@ -149,7 +149,7 @@ class ILQRProblem:
     constraints c(x, u) <= 0 (B, p), h(x, u) = 0 (B, q), c_T(x) <= 0 (B, p_T), h_T(x) = 0
     (B, q_T) are handled by the augmented Lagrangian of `runtime.ilqr_constraints`.
     `native` (x0, lo, hi, options, stage_data) -> `runtime.native.NativeKernels` runs the forward
-    iterations of a CPU, single-shooting, Gauss-Newton solve (and the inner solves of the
+    iterations of a CPU, single-shooting solve (and the inner solves of the
     augmented Lagrangian) in C; the compiler supplies it with the constraints generated too."""
 
     dynamics: Dynamics
@@ -295,9 +295,8 @@ def _single_shooting(kernels, u_init: Tensor, options: ILQROptions) -> _Result:
 
 
 def _native_applies(problem: ILQRProblem, x0: Tensor, options: ILQROptions) -> bool:
-    """The native kernels cover CPU, single-shooting, Gauss-Newton solves."""
-    return (problem.native is not None and x0.device.type == "cpu"
-            and options.shooting is ILQRShooting.SINGLE and not options.newton)
+    """The native kernels cover single-shooting solves on the CPU."""
+    return problem.native is not None and x0.device.type == "cpu" and options.shooting is ILQRShooting.SINGLE
 
 
 def _native_iterate(native: NativeSetup, x0: Tensor, u_init: Tensor, lo: Optional[Tensor],

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from runtime.box_lqr import costates
 from runtime.ilqr_backward import Policy
 from runtime.ilqr_derivatives import FinalDerivatives, StageDerivatives
 
@@ -100,8 +101,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pl_rollout.argtypes = [L, L] + [P] * 9
     lib.pl_line_search.argtypes = [L, L] + [P] * 11 + [P, L, D, D, D] + [P] * 4
     lib.pl_model.argtypes = [L, L] + [P] * 9
+    lib.pl_curvature.argtypes = [L, L] + [P] * 5
     lib.pl_backward.argtypes = [L, L] + [P] * 10 + [L, D, D, D, L] + [P] * 5
-    for fn in (lib.pl_rollout, lib.pl_line_search, lib.pl_model, lib.pl_backward):
+    for fn in (lib.pl_rollout, lib.pl_line_search, lib.pl_model, lib.pl_curvature, lib.pl_backward):
         fn.restype = None
     return lib
 
@@ -152,12 +154,19 @@ class NativeKernels:
         return x, u_out, J
 
     def model(self, x: Tensor, u: Tensor) -> tuple[StageDerivatives, FinalDerivatives, Tensor]:
-        """The Gauss-Newton model of every stage and of the final cost, and where it is finite."""
+        """The model of every stage and of the final cost (step 1 of `runtime.ilqr`: Gauss-Newton, or
+        with the dynamics curvature weighted by the costates for `options.newton`), and where it
+        is finite."""
         B, T, n, N = self.B, self.T, self.n, self.n + self.m
         F, g, C = self._new(B, T, n, N), self._new(B, T, N), self._new(B, T, N, N)
         gT, CT = self._new(B, n), self._new(B, n, n)
         self.lib.pl_model(B, T, _ptr(x), _ptr(u), _ptr(self.p), _ptr(self.w), _ptr(F), _ptr(g), _ptr(C),
                           _ptr(gT), _ptr(CT))
+        if self.options.newton:
+            lam = costates(F, g, gT)[:, 1:].contiguous()
+            curvature = self._new(B, T, N, N)
+            self.lib.pl_curvature(B, T, _ptr(x), _ptr(u), _ptr(self.p), _ptr(lam), _ptr(curvature))
+            C = C + curvature
         parts = (F, g, C, gT, CT)
         finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in parts]).all(0)
         return StageDerivatives(F, g, C), FinalDerivatives(gT, CT), finite

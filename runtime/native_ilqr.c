@@ -119,6 +119,25 @@ void pl_model(long B, long T, const double *x, const double *u, const double *p,
     }
 }
 
+/* The dynamics curvature of the Newton model: sum_i lam_i hess phi_i at every stage, with the
+ * costates lam (B, T, NX) of x_{t+1} (runtime/ilqr_derivatives.py TrajectoryFunctions.curvature). */
+void pl_curvature(long B, long T, const double *x, const double *u, const double *p,
+                  const double *lam, double *out) {
+    D2 xh[NX], uh[NU], xn[NX];
+    for (long b = 0; b < B; b++)
+        for (long t = 0; t < T; t++) {
+            const double *xt = x + (b * (T + 1) + t) * NX, *ut = u + (b * T + t) * NU;
+            long s = b * T + t;
+            for (int i = 0; i < NX; i++) { xh[i] = d2_c(xt[i]); xh[i].d[i] = 1.0; }
+            for (int i = 0; i < NU; i++) { uh[i] = d2_c(ut[i]); uh[i].d[NX + i] = 1.0; }
+            step_d2(xh, uh, p + b * PSTRIDE, xn);
+            double *o = out + s * NZ * NZ;
+            memset(o, 0, NZ * NZ * sizeof(double));
+            for (int i = 0; i < NX; i++)
+                for (int k = 0; k < NZ * NZ; k++) o[k] += lam[s * NX + i] * xn[i].h[k];
+        }
+}
+
 /* ------------------------------------------------------------------ small dense algebra */
 
 /* Lower Cholesky factor of the m x m matrix A (leading dimension NU); 0 unless positive definite. */

@@ -334,10 +334,8 @@ class ILQRBackend(_Lowered):
         opts = self.info.options
         if opts["kernels"] == "torch":
             return None, "kernels=torch"
-        for option, value, why in (("shooting", "multiple", "multiple shooting"),
-                                   ("model", "newton", "the Newton model")):
-            if opts[option] == value:
-                return None, f"{why} ({option}={value}) runs on torch"
+        if opts["shooting"] == "multiple":
+            return None, "multiple shooting (shooting=multiple) runs on torch"
         return native_plan(self.parts, self.stage_values)
 
     def build_kernels(self):

@@ -24,7 +24,7 @@ from compiler.problem import Placement, TrajectoryProblem
 from planlang.ast import Cmp
 
 _NUMBERS = {"v": ("V", "v_"), "d1": ("D1", "d1_"), "d2": ("D2", "d2_")}
-MAX_DIRECTIONS = 32      # NZ: a second-order dual holds 1 + NZ + NZ^2 doubles, on the C stack
+MAX_DIRECTIONS = 24      # NZ: a second-order dual holds 1 + NZ + NZ^2 doubles, on the C stack
 
 
 @dataclass(frozen=True)

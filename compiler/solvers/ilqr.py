@@ -22,7 +22,7 @@ class ILQR(Solver):
                                                  "(default eps^(3/4); 0 switches it off)"),
         kernels=Option(Symbol(("auto", "native", "torch")), "auto",
                        "native: the iterations run in C generated from the plan (runtime.native; CPU, "
-                       "single shooting, Gauss-Newton model, no neural blocks); auto: native where "
+                       "single shooting, no neural blocks); auto: native where "
                        "the plan allows it and a C compiler is found, else torch"))
     constraints = ConstraintSupport.NONLINEAR
     state_guess = True
