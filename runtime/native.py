@@ -98,14 +98,23 @@ def _compile(cc: str, source: str, target: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     L, P, D = ctypes.c_long, ctypes.c_void_p, ctypes.c_double
+    lib.pl_sizes.argtypes = [P]
     lib.pl_rollout.argtypes = [L, L] + [P] * 9
     lib.pl_line_search.argtypes = [L, L] + [P] * 11 + [P, L, D, D, D] + [P] * 4
     lib.pl_model.argtypes = [L, L] + [P] * 9
     lib.pl_curvature.argtypes = [L, L] + [P] * 5
     lib.pl_backward.argtypes = [L, L] + [P] * 10 + [L, D, D, D, L] + [P] * 5
-    for fn in (lib.pl_rollout, lib.pl_line_search, lib.pl_model, lib.pl_curvature, lib.pl_backward):
+    for fn in (lib.pl_sizes, lib.pl_rollout, lib.pl_line_search, lib.pl_model, lib.pl_curvature,
+               lib.pl_backward):
         fn.restype = None
     return lib
+
+
+def _sizes(lib: ctypes.CDLL) -> tuple[int, ...]:
+    """(NX, NU, NP, NC, NE) of a library."""
+    out = (ctypes.c_long * 5)()
+    lib.pl_sizes(out)
+    return tuple(out)
 
 
 def _ptr(t: Optional[Tensor]):
@@ -134,6 +143,12 @@ class NativeKernels:
                  stage_data: Optional[Tensor] = None):
         B, self.n = x0.shape
         self.lib, self.B, self.T, self.m, self.options = lib, B, horizon, m, options
+        nx, nu, n_params, nc, ne = _sizes(lib)
+        width = None if stage_data is None else stage_data.shape[-1]
+        if (self.n, m, params.shape[-1]) != (nx, nu, n_params) or width not in (None, nc + ne + 1):
+            raise ValueError(f"native kernels for n={nx}, m={nu}, {n_params} parameters and "
+                             f"{nc + ne + 1} stage data columns got n={self.n}, m={m}, "
+                             f"{params.shape[-1]} and {width}")
         self.x0 = _f64(x0)
         # p is read (B, NP) row by row; a plan without parameters still passes one row of storage
         self.p = _f64(params, (B, params.shape[-1])) if params.shape[-1] else torch.zeros(B, 1, dtype=torch.float64)

@@ -16,6 +16,11 @@
 #define PSTRIDE (NP > 0 ? NP : 1)
 #define NW (NC + NE + 1)
 
+/* The sizes this library was generated for: NX, NU, NP, NC, NE (checked by runtime/native.py). */
+void pl_sizes(long *out) {
+    out[0] = NX; out[1] = NU; out[2] = NP; out[3] = NC; out[4] = NE;
+}
+
 /* ------------------------------------------------------------------ rollouts and costs */
 
 /* x_{t+1} = phi(x_t, u_t), u_t = clamp(uff_t + alpha k_t + K_t (x_t - xn_t), lo_t, hi_t) (K, k and xn

@@ -106,6 +106,9 @@ def test_stage_models_equal_autodiff():
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     x_roll, u_roll, J = kernels.rollout(u)
     torch.testing.assert_close(J, fns.total_cost(x_roll, u_roll), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="native kernels for n=4, m=3"):       # no memory is misread
+        NativeKernels(native_library(backend.native.source), x0[:, :3], backend.native.pack(env, B, like),
+                      lo, hi, T, m, ILQROptions())
 
 
 def test_every_builtin_plan_solves_alike():
