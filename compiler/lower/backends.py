@@ -359,7 +359,7 @@ class ILQRBackend(_Lowered):
         library = self.build_kernels()
         if library is None:
             return None
-        params, horizon, m = self.native.pack(env, batch, like), self.horizon, self.layout.m
+        params, horizon, m = self.native.pack(env, batch), self.horizon, self.layout.m
         return lambda x0, lo, hi, options, stage_data: NativeKernels(library, x0, params, lo, hi, horizon, m,
                                                                      options, stage_data)
 

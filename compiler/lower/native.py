@@ -34,7 +34,7 @@ class NativePlan:
     source: str
     params: tuple[tuple[VarRef, int], ...]
 
-    def pack(self, env: dict, batch: int, like: torch.Tensor) -> torch.Tensor:
+    def pack(self, env: dict, batch: int) -> torch.Tensor:
         """p (B, NP) float64: the bound values of the parameters, flattened and side by side."""
         if not self.params:
             return torch.zeros(batch, 0, dtype=torch.float64)

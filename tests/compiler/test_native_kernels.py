@@ -98,7 +98,7 @@ def test_stage_models_equal_autodiff():
                               backend.final_costs_of(env, like))
     expected, expected_final = fns.stage(x[:, :-1], u), fns.final(x[:, -1])
     lo, hi = backend.control_bounds(env, like)
-    kernels = NativeKernels(native_library(backend.native.source), x0, backend.native.pack(env, B, like),
+    kernels = NativeKernels(native_library(backend.native.source), x0, backend.native.pack(env, B),
                             lo, hi, T, m, ILQROptions())
     model, final, finite = kernels.model(x, u)
     assert bool(finite.all())
@@ -107,7 +107,7 @@ def test_stage_models_equal_autodiff():
     x_roll, u_roll, J = kernels.rollout(u)
     torch.testing.assert_close(J, fns.total_cost(x_roll, u_roll), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="native kernels for n=4, m=3"):       # no memory is misread
-        NativeKernels(native_library(backend.native.source), x0[:, :3], backend.native.pack(env, B, like),
+        NativeKernels(native_library(backend.native.source), x0[:, :3], backend.native.pack(env, B),
                       lo, hi, T, m, ILQROptions())
 
 
