@@ -210,24 +210,28 @@ def run_ours(task: Task, options: ILQROptions, q0, p0, exact_cost: bool):
                           lower=torch.tensor(float(task.env.lower)),
                           upper=torch.tensor(float(task.env.upper)),
                           derivatives=derivatives if exact_cost else ExactDerivatives())
-    clock = Clock()
-    sol = ilqr(problem, x0, torch.zeros(x0.shape[0], task.T - 1, 1), options)
-    x, u = sol.x, torch.cat((sol.u, torch.zeros_like(sol.u[:, :1])), 1)
-    ((u ** 2).sum() + x.sum()).backward()
-    return clock.read(), trajectory_cost(x.detach(), u.detach(), q0, p0), (x0.grad, q.grad, p.grad), sol
+    return solve_and_backward(Clock(), problem, x0, (x0, q, p), task, options, q0, p0)
 
 
-def run_plan(module, task: Task, options: ILQROptions, q0, p0, exact_cost: bool = True):
-    """`run_ours` on the compiled plan's problem (its cost derivatives are exact jets)."""
+def run_plan(module, task: Task, options: ILQROptions, q0, p0):
+    """`run_ours` on the compiled plan's problem (its cost derivatives are exact jets); the clock
+    also covers binding the values and building the problem."""
     q, p, x0 = (t.clone().requires_grad_() for t in (q0, p0, task.x0))
     clock = Clock()
     state = module.layout.states[0].ref.name
     env, x0b, like = module.bind({state: x0, "q": q, "p": p})
     problem = module.backend.problem(env, x0.shape[0], like)
-    sol = ilqr(problem, x0b, torch.zeros(x0.shape[0], task.T - 1, 1), options)
+    return solve_and_backward(clock, problem, x0b, (x0, q, p), task, options, q0, p0)
+
+
+def solve_and_backward(clock: Clock, problem: ILQRProblem, x0, leaves, task: Task, options: ILQROptions,
+                       q0, p0):
+    """Solve from u = 0, pad u_{T-1} = 0 (mpc.pytorch's horizon), backpropagate the loss to the
+    leaves (x0, q, p): (times, trajectory cost, gradients, solution)."""
+    sol = ilqr(problem, x0, torch.zeros(x0.shape[0], task.T - 1, 1), options)
     x, u = sol.x, torch.cat((sol.u, torch.zeros_like(sol.u[:, :1])), 1)
     ((u ** 2).sum() + x.sum()).backward()
-    return clock.read(), trajectory_cost(x.detach(), u.detach(), q0, p0), (x0.grad, q.grad, p.grad), sol
+    return clock.read(), trajectory_cost(x.detach(), u.detach(), q0, p0), tuple(t.grad for t in leaves), sol
 
 
 def run_anchor(mpc, task: Task, iters: int, eps: float, q0, p0):

@@ -70,13 +70,10 @@ void pl_line_search(long B, long T, const double *x, const double *u, const doub
                     double *x_new, double *u_new, double *J_new, uint8_t *accepted) {
     for (long b = 0; b < B; b++) {
         long ox = b * (T + 1) * NX, ou = b * T * NU;
-        memcpy(x_new + ox, x + ox, (T + 1) * NX * sizeof(double));
-        memcpy(u_new + ou, u + ou, T * NU * sizeof(double));
         J_new[b] = J[b];
         accepted[b] = 0;
-        if (!active[b]) continue;
         double slack = 10.0 * eps * (fabs(J[b]) > 1.0 ? fabs(J[b]) : 1.0), alpha = 1.0;
-        for (long j = 0; j < steps; j++, alpha *= decay) {
+        for (long j = 0; active[b] && j < steps; j++, alpha *= decay) {
             double Jt = rollout_one(T, x + ox, u + ou, k + ou, alpha, K + ou * NX, x + ox,
                                     lo ? lo + ou : NULL, hi ? hi + ou : NULL, p + b * PSTRIDE,
                                     w ? w + b * T * NW : NULL, x_new + ox, u_new + ou);
@@ -87,7 +84,7 @@ void pl_line_search(long B, long T, const double *x, const double *u, const doub
                 break;
             }
         }
-        if (!accepted[b]) {
+        if (!accepted[b]) {                         /* inactive or rejected: keep (x, u, J) */
             memcpy(x_new + ox, x + ox, (T + 1) * NX * sizeof(double));
             memcpy(u_new + ou, u + ou, T * NU * sizeof(double));
         }

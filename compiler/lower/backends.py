@@ -304,8 +304,8 @@ class ILQRBackend(_Lowered):
                               newton=opts["model"] == "newton", shooting=ILQRShooting(opts["shooting"]),
                               constraints=ConstraintOptions(tol=opts["constraint_tol"]))
 
-        problem = self.problem(env, batch, like)
         env = self.stage_values.with_tables(env, like)
+        problem = self.problem(env, batch, like)
         x_guess = self.initial_nodes(env, batch, like)
         sol = ilqr(problem, self.with_clock(x0), self.initial_controls(env, batch, like, warm), options, x_guess)
         return Solution(self.without_clock(sol.x), sol.u, sol.cost, sol.status, "ilqr", iterations=sol.iterations,
