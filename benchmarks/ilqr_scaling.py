@@ -55,9 +55,8 @@ def per_iteration(n: int, T: int, iterations: int, repeats: int, kernels: str) -
     return 1e3 * best
 
 
-def plan_solve(path: str, shooting: str | None = None, kernels: str = "auto") -> tuple[float, int, str, float]:
+def plan_solve(path: str, options: dict) -> tuple[float, int, str, float]:
     """(CPU seconds, iterations, status, cost) of one solve after a warm-up solve."""
-    options = {"kernels": kernels} if shooting is None else {"shooting": shooting, "kernels": kernels}
     module = planlang.compile(planlang.load(os.path.join(ROOT, path)), options=options)
     with torch.no_grad():
         module()
@@ -65,6 +64,23 @@ def plan_solve(path: str, shooting: str | None = None, kernels: str = "auto") ->
         sol = module()
     elapsed = time.process_time() - start
     return elapsed, int(sol.iterations.max()), sol.status_names()[0], float(sol.cost[0])
+
+
+def profile_arm() -> None:
+    """Where a native iteration of the arm goes: cProfile of 20 solves after a warm-up."""
+    import cProfile
+    import pstats
+    module = planlang.compile(planlang.load(os.path.join(ROOT, "examples/two_link_arm.plan")),
+                              dtype=torch.float64, options={"kernels": "native"})
+    with torch.no_grad():
+        module()
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(20):
+            sol = module()
+        profile.disable()
+    print(f"20 solves of {int(sol.iterations.max())} iterations")
+    pstats.Stats(profile).sort_stats("tottime").print_stats(8)
 
 
 def closed_loop(path: str, steps: int, kernels: str) -> tuple[float, float]:
@@ -84,10 +100,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-plans", action="store_true")
     parser.add_argument("--skip-chain", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="only: cProfile of 20 native solves of the arm (float64), the top entries")
     parser.add_argument("--kernels", nargs="+", default=["torch", "native"], choices=["torch", "native"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        return profile_arm()
     print(f"threads {torch.get_num_threads()}")
     horizons = (60, 500, 2000)
     for kernels in [] if args.skip_chain else args.kernels:
@@ -100,12 +120,15 @@ def main() -> None:
     if args.skip_plans:
         return
     for kernels in args.kernels:
-        for path, shooting in (("examples/two_link_arm.plan", None), ("examples/two_link_arm.plan", "multiple"),
-                               ("examples/pendulum.plan", None), ("examples/planar_quadrotor.plan", None),
-                               ("examples/cartpole_upright_long.plan", "multiple")):
-            kernels_here = "auto" if shooting == "multiple" else kernels       # multiple shooting: torch only
-            elapsed, iters, status, cost = plan_solve(path, shooting, kernels_here)
-            print(f"{path} (shooting {shooting or 'as written'}, kernels {kernels_here}): {elapsed:.3f} s CPU, "
+        for path, extra in (("examples/two_link_arm.plan", {}),
+                            ("examples/two_link_arm.plan", {"shooting": "multiple"}),
+                            ("examples/two_link_arm.plan", {"model": "newton"}),
+                            ("examples/pendulum.plan", {}), ("examples/planar_quadrotor.plan", {}),
+                            ("examples/cartpole_upright_long.plan", {"shooting": "multiple"})):
+            # multiple shooting runs on torch only
+            options = {"kernels": "auto" if extra.get("shooting") == "multiple" else kernels, **extra}
+            elapsed, iters, status, cost = plan_solve(path, options)
+            print(f"{path} ({', '.join(f'{k}={v}' for k, v in options.items())}): {elapsed:.3f} s CPU, "
                   f"{iters} iterations, {1e3 * elapsed / max(1, iters):.2f} ms/iteration, status {status}, "
                   f"cost {cost:.4g}", flush=True)
         wall, cpu = closed_loop("examples/two_link_arm.plan", 30, kernels)
